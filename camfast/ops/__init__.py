@@ -1,0 +1,11 @@
+"""camfast's ops: each a ``torch.library`` custom op (``camfast::<name>``) with a native,
+a Triton and a pure-PyTorch reference backend.
+
+Backend selection: ``use_backend(name)`` (context manager), the ``CAMFAST_BACKEND``
+environment variable, else the best available for the tensors' device.
+"""
+
+from camfast.ops._backend import BACKENDS, available_backends, requested_backend, use_backend
+from camfast.ops.grad_weighted_map import grad_weighted_map
+
+__all__ = ["BACKENDS", "available_backends", "grad_weighted_map", "requested_backend", "use_backend"]

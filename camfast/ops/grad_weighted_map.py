@@ -1,0 +1,102 @@
+"""``camfast::grad_weighted_map``: the per-layer map of Grad-CAM, Zoom-CAM and LayerCAM.
+
+Defined once as a ``torch.library`` custom op with a fake (meta) kernel for
+``torch.compile`` and an explicit backward op. The backend (native, triton, reference) is
+chosen at run time by ``camfast.ops._backend``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from camfast.ops._dispatch import implementation
+from camfast.ops._spec import GWM_MODES
+from camfast.ops._validate import check_choice, check_same, check_tensor
+
+_OP = "grad_weighted_map"
+
+
+def _check(activation: Tensor, gradient: Tensor, mode: str) -> None:
+    check_tensor("activation", activation, 4, "[B, C, H, W]")
+    check_tensor("gradient", gradient, 4, "[B, C, H, W]")
+    check_same("gradient", gradient, "activation", activation)
+    check_choice("mode", mode, tuple(GWM_MODES))
+
+
+@torch.library.custom_op("camfast::grad_weighted_map", mutates_args=())
+def _forward_op(activation: Tensor, gradient: Tensor, mode: str) -> Tensor:
+    _check(activation, gradient, mode)
+    return implementation(_OP, activation.device).forward(activation, gradient, mode)
+
+
+@_forward_op.register_fake
+def _(activation: Tensor, gradient: Tensor, mode: str) -> Tensor:
+    _check(activation, gradient, mode)
+    B, _, H, W = activation.shape
+    return activation.new_empty((B, H, W))
+
+
+@torch.library.custom_op("camfast::grad_weighted_map_backward", mutates_args=())
+def _backward_op(grad_out: Tensor, activation: Tensor, gradient: Tensor, out: Tensor, mode: str) -> tuple[Tensor, Tensor]:
+    return implementation(_OP, activation.device).backward(grad_out, activation, gradient, out, mode)
+
+
+@_backward_op.register_fake
+def _(grad_out: Tensor, activation: Tensor, gradient: Tensor, out: Tensor, mode: str) -> tuple[Tensor, Tensor]:
+    return torch.empty_like(activation), torch.empty_like(gradient)
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    activation, gradient, mode = inputs
+    ctx.save_for_backward(activation, gradient, output)
+    ctx.mode = mode
+
+
+def _autograd_backward(ctx, grad_out: Tensor):
+    activation, gradient, out = ctx.saved_tensors
+    grad_a, grad_g = _backward_op(grad_out, activation, gradient, out, ctx.mode)
+    return (
+        grad_a if ctx.needs_input_grad[0] else None,
+        grad_g if ctx.needs_input_grad[1] else None,
+        None,
+    )
+
+
+_forward_op.register_autograd(_autograd_backward, setup_context=_setup_context)
+
+
+def grad_weighted_map(activation: Tensor, gradient: Tensor, mode: str = "zoom") -> Tensor:
+    """Per-layer class activation map from an activation and its gradient.
+
+    With ``A = activation`` and ``G = gradient = dS/dA`` (``S`` the target class score):
+
+    * ``"zoom"``     : ``M = ReLU(sum_c G_c * A_c)`` -- Zoom-CAM's per-activation weighting
+      (Shi et al., ICPR 2020; the same map as HiResCAM). One fused pass over ``A`` and ``G``.
+    * ``"gradcam"``  : ``M = ReLU(sum_c mean_hw(G_c) * A_c)`` -- Grad-CAM (Selvaraju et al. 2017).
+      One pass over ``G`` for the channel weights, one over ``A``.
+    * ``"layercam"`` : ``M = ReLU(sum_c ReLU(G_c) * A_c)`` -- LayerCAM (Jiang et al. 2021).
+
+    Args:
+        activation: ``(B, C, H, W)`` float32, float64, float16 or bfloat16; any strides
+            (contiguous, channels-last, sliced views).
+        gradient: same shape, dtype and device as ``activation``.
+        mode: ``"zoom"``, ``"gradcam"`` or ``"layercam"``.
+
+    Returns:
+        ``(B, H, W)`` map in the input dtype, non-negative (NaN inputs propagate).
+        Accumulation is in float32 (float64 for float64 inputs). Differentiable with
+        respect to both inputs; the ReLU's derivative at 0 is taken as 0.
+
+    Raises:
+        TypeError: a non-tensor, an integer or complex dtype, or mismatched dtypes.
+        ValueError: a rank other than 4, mismatched shapes or devices, an empty tensor,
+            or an unknown mode.
+
+    Example:
+        >>> a = torch.randn(2, 64, 14, 14)
+        >>> g = torch.randn(2, 64, 14, 14)
+        >>> camfast.ops.grad_weighted_map(a, g, "zoom").shape
+        torch.Size([2, 14, 14])
+    """
+    return _forward_op(activation, gradient, mode)

@@ -1,0 +1,39 @@
+"""Native launcher for ``camfast::grad_weighted_map`` (csrc/cpu/*_cpu.cpp, csrc/cuda/*.cu)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from camfast.ops._spec import GWM_MODES
+from camfast.ops.native._launch import DTYPE_CODES, acc_dtype, device_args, lib
+
+
+def forward(activation: Tensor, gradient: Tensor, mode: str) -> Tensor:
+    B, C, H, W = activation.shape
+    out = activation.new_empty((B, H, W))
+    workspace = activation.new_empty((2 * B * C,), dtype=acc_dtype(activation))
+    dev, index, stream = device_args(activation)
+    lib().grad_weighted_map_forward(
+        dev, index, DTYPE_CODES[activation.dtype], GWM_MODES[mode], (B, C, H, W),
+        activation.data_ptr(), activation.stride(), gradient.data_ptr(), gradient.stride(),
+        out.data_ptr(), workspace.data_ptr(), stream,
+    )
+    return out
+
+
+def backward(grad_out: Tensor, activation: Tensor, gradient: Tensor, out: Tensor, mode: str) -> tuple[Tensor, Tensor]:
+    B, C, H, W = activation.shape
+    grad_out = grad_out.contiguous()
+    out = out.contiguous()
+    grad_a = torch.empty_like(activation)
+    grad_g = torch.empty_like(gradient)
+    workspace = activation.new_empty((2 * B * C,), dtype=acc_dtype(activation))
+    dev, index, stream = device_args(activation)
+    lib().grad_weighted_map_backward(
+        dev, index, DTYPE_CODES[activation.dtype], GWM_MODES[mode], (B, C, H, W),
+        activation.data_ptr(), activation.stride(), gradient.data_ptr(), gradient.stride(),
+        out.data_ptr(), grad_out.data_ptr(), grad_a.data_ptr(), grad_a.stride(),
+        grad_g.data_ptr(), grad_g.stride(), workspace.data_ptr(), stream,
+    )
+    return grad_a, grad_g

@@ -1,0 +1,148 @@
+// pybind11 entry points of camfast._C. Every function takes sizes, element strides and
+// raw data pointers (integers from torch.Tensor.data_ptr() or numpy), checks them, and
+// releases the GIL while the kernel runs. Errors become Python ValueError/RuntimeError.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <array>
+#include <cstdint>
+
+#include "common.h"
+#include "grad_weighted_map.h"
+
+namespace py = pybind11;
+using namespace camfast;
+
+namespace {
+
+using Sizes4 = std::array<int64_t, 4>;
+
+enum class Device : int { CPU = 0, CUDA = 1 };
+
+View4 view_of(const Sizes4& s) { return View4{s[0], s[1], s[2], s[3]}; }
+
+void check_common(int device, int dtype, int mode, const Sizes4& sizes) {
+  require(device == 0 || device == 1, "camfast._C: device must be 0 (cpu) or 1 (cuda)");
+#ifndef CAMFAST_WITH_CUDA
+  require(device == 0, "camfast._C: this build has no CUDA kernels (rebuild with CAMFAST_CUDA=ON)");
+#endif
+  require(dtype >= 0 && dtype <= 3, "camfast._C: unknown dtype code " + std::to_string(dtype));
+  require(mode >= 0 && mode <= 2, "camfast._C: unknown mode code " + std::to_string(mode));
+  for (int i = 0; i < 4; ++i)
+    require(sizes[i] > 0, "camfast._C: every size must be positive, got size[" + std::to_string(i) +
+                              "]=" + std::to_string(sizes[i]));
+}
+
+void check_strides(const char* name, const Sizes4& st) {
+  for (int i = 0; i < 4; ++i)
+    require(st[i] >= 0, std::string("camfast._C: negative stride in ") + name);
+}
+
+void check_ptr(const char* name, uintptr_t p) {
+  require(p != 0, std::string("camfast._C: null data pointer for ") + name);
+}
+
+void gwm_forward(int device, int device_index, int dtype, int mode, Sizes4 sizes, uintptr_t a,
+                 Sizes4 sa, uintptr_t g, Sizes4 sg, uintptr_t out, uintptr_t ws, uintptr_t stream) {
+  check_common(device, dtype, mode, sizes);
+  check_strides("activation", sa);
+  check_strides("gradient", sg);
+  check_ptr("activation", a);
+  check_ptr("gradient", g);
+  check_ptr("out", out);
+  check_ptr("workspace", ws);
+  GwmProblem p{sizes[0], sizes[1], sizes[2], sizes[3], view_of(sa), view_of(sg)};
+  py::gil_scoped_release release;
+  if (device == 0) {
+    grad_weighted_map_forward_cpu(static_cast<DType>(dtype), static_cast<GwmMode>(mode), p,
+                                  reinterpret_cast<const void*>(a), reinterpret_cast<const void*>(g),
+                                  reinterpret_cast<void*>(out), reinterpret_cast<void*>(ws));
+  } else {
+#ifdef CAMFAST_WITH_CUDA
+    grad_weighted_map_forward_cuda(static_cast<DType>(dtype), static_cast<GwmMode>(mode), p,
+                                   reinterpret_cast<const void*>(a), reinterpret_cast<const void*>(g),
+                                   reinterpret_cast<void*>(out), reinterpret_cast<void*>(ws),
+                                   device_index, reinterpret_cast<void*>(stream));
+#else
+    (void)device_index;
+    (void)stream;
+#endif
+  }
+}
+
+void gwm_backward(int device, int device_index, int dtype, int mode, Sizes4 sizes, uintptr_t a,
+                  Sizes4 sa, uintptr_t g, Sizes4 sg, uintptr_t out, uintptr_t grad_out, uintptr_t da,
+                  Sizes4 sda, uintptr_t dg, Sizes4 sdg, uintptr_t ws, uintptr_t stream) {
+  check_common(device, dtype, mode, sizes);
+  check_strides("activation", sa);
+  check_strides("gradient", sg);
+  check_strides("grad_activation", sda);
+  check_strides("grad_gradient", sdg);
+  check_ptr("activation", a);
+  check_ptr("gradient", g);
+  check_ptr("out", out);
+  check_ptr("grad_out", grad_out);
+  check_ptr("grad_activation", da);
+  check_ptr("grad_gradient", dg);
+  check_ptr("workspace", ws);
+  GwmProblem p{sizes[0], sizes[1], sizes[2], sizes[3], view_of(sa), view_of(sg)};
+  py::gil_scoped_release release;
+  if (device == 0) {
+    grad_weighted_map_backward_cpu(static_cast<DType>(dtype), static_cast<GwmMode>(mode), p,
+                                   reinterpret_cast<const void*>(a), reinterpret_cast<const void*>(g),
+                                   reinterpret_cast<const void*>(out),
+                                   reinterpret_cast<const void*>(grad_out), reinterpret_cast<void*>(da),
+                                   view_of(sda), reinterpret_cast<void*>(dg), view_of(sdg),
+                                   reinterpret_cast<void*>(ws));
+  } else {
+#ifdef CAMFAST_WITH_CUDA
+    grad_weighted_map_backward_cuda(static_cast<DType>(dtype), static_cast<GwmMode>(mode), p,
+                                    reinterpret_cast<const void*>(a), reinterpret_cast<const void*>(g),
+                                    reinterpret_cast<const void*>(out),
+                                    reinterpret_cast<const void*>(grad_out), reinterpret_cast<void*>(da),
+                                    view_of(sda), reinterpret_cast<void*>(dg), view_of(sdg),
+                                    reinterpret_cast<void*>(ws), device_index,
+                                    reinterpret_cast<void*>(stream));
+#else
+    (void)device_index;
+    (void)stream;
+#endif
+  }
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "camfast compiled kernels (no libtorch): raw pointers, sizes and strides";
+  py::register_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const std::invalid_argument& e) {
+      PyErr_SetString(PyExc_ValueError, e.what());
+    }
+  });
+  m.def("source_hash", []() { return std::string(CAMFAST_SOURCE_HASH); },
+        "SHA-256 fingerprint of the csrc/ files this module was built from");
+  m.def("has_cuda", []() {
+#ifdef CAMFAST_WITH_CUDA
+    return true;
+#else
+    return false;
+#endif
+  });
+  m.def("openmp", []() {
+#ifdef _OPENMP
+    return true;
+#else
+    return false;
+#endif
+  });
+  m.def("grad_weighted_map_forward", &gwm_forward, py::arg("device"), py::arg("device_index"),
+        py::arg("dtype"), py::arg("mode"), py::arg("sizes"), py::arg("a"), py::arg("a_strides"),
+        py::arg("g"), py::arg("g_strides"), py::arg("out"), py::arg("workspace"), py::arg("stream"));
+  m.def("grad_weighted_map_backward", &gwm_backward, py::arg("device"), py::arg("device_index"),
+        py::arg("dtype"), py::arg("mode"), py::arg("sizes"), py::arg("a"), py::arg("a_strides"),
+        py::arg("g"), py::arg("g_strides"), py::arg("out"), py::arg("grad_out"), py::arg("grad_a"),
+        py::arg("grad_a_strides"), py::arg("grad_g"), py::arg("grad_g_strides"), py::arg("workspace"),
+        py::arg("stream"));
+}

@@ -1,0 +1,41 @@
+// camfast::grad_weighted_map: per-layer CAM from an activation A and its gradient G.
+//
+//   zoom     : M = ReLU(sum_c G_c * A_c)                  (Zoom-CAM / HiResCAM)
+//   gradcam  : M = ReLU(sum_c mean_hw(G_c) * A_c)         (Grad-CAM)
+//   layercam : M = ReLU(sum_c ReLU(G_c) * A_c)            (LayerCAM)
+//
+// Shapes: A, G [B, C, H, W] with arbitrary element strides; M, dM [B, H*W] contiguous.
+// Backward: dA = dM' * f(G) (gradcam: dM' * w), dG = dM' * A * f'(G)
+// (gradcam: sum_p dM'_p A_p / (H*W), the same for every pixel), where dM' = dM * [M > 0].
+#pragma once
+
+#include "common.h"
+
+namespace camfast {
+
+struct GwmProblem {
+  int64_t B, C, H, W;
+  View4 a, g;
+};
+
+// workspace: at least 2*B*C elements of the accumulator type (float, double for Float64).
+void grad_weighted_map_forward_cpu(DType dtype, GwmMode mode, const GwmProblem& p,
+                                   const void* a, const void* g, void* out, void* workspace);
+
+void grad_weighted_map_backward_cpu(DType dtype, GwmMode mode, const GwmProblem& p,
+                                    const void* a, const void* g, const void* out,
+                                    const void* grad_out, void* grad_a, View4 da, void* grad_g,
+                                    View4 dg, void* workspace);
+
+#ifdef CAMFAST_WITH_CUDA
+void grad_weighted_map_forward_cuda(DType dtype, GwmMode mode, const GwmProblem& p,
+                                    const void* a, const void* g, void* out, void* workspace,
+                                    int device, void* stream);
+
+void grad_weighted_map_backward_cuda(DType dtype, GwmMode mode, const GwmProblem& p,
+                                     const void* a, const void* g, const void* out,
+                                     const void* grad_out, void* grad_a, View4 da, void* grad_g,
+                                     View4 dg, void* workspace, int device, void* stream);
+#endif
+
+}  // namespace camfast
