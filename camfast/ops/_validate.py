@@ -14,10 +14,15 @@ import torch
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
-def check_tensor(name: str, x: object, ndim: int | None = None, layout: str = "") -> torch.Tensor:
-    """A floating tensor of rank ``ndim`` (shape written ``layout`` in messages), non-empty."""
+def check_is_tensor(name: str, x: object) -> torch.Tensor:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    return x
+
+
+def check_tensor(name: str, x: object, ndim: int | None = None, layout: str = "") -> torch.Tensor:
+    """A floating tensor of rank ``ndim`` (shape written ``layout`` in messages), non-empty."""
+    x = check_is_tensor(name, x)
     if x.dtype not in FLOAT_DTYPES:
         allowed = ", ".join(str(d).replace("torch.", "") for d in FLOAT_DTYPES)
         raise TypeError(f"{name} must have a floating dtype ({allowed}), got {x.dtype}")

@@ -12,12 +12,14 @@ from torch import Tensor
 
 from camfast.ops._dispatch import implementation
 from camfast.ops._spec import GWM_MODES
-from camfast.ops._validate import check_choice, check_same, check_tensor
+from camfast.ops._validate import check_choice, check_is_tensor, check_same, check_tensor
 
 _OP = "grad_weighted_map"
 
 
 def _check(activation: Tensor, gradient: Tensor, mode: str) -> None:
+    # Runs inside the op (eager) and its fake kernel (torch.compile): direct calls of
+    # torch.ops.camfast.grad_weighted_map are checked too, before any kernel sees the data.
     check_tensor("activation", activation, 4, "[B, C, H, W]")
     check_tensor("gradient", gradient, 4, "[B, C, H, W]")
     check_same("gradient", gradient, "activation", activation)
@@ -99,4 +101,9 @@ def grad_weighted_map(activation: Tensor, gradient: Tensor, mode: str = "zoom") 
         >>> camfast.ops.grad_weighted_map(a, g, "zoom").shape
         torch.Size([2, 14, 14])
     """
+    # Types the op schema cannot take (a list, an int mode) are caught here; everything else
+    # is checked once, inside the op.
+    check_is_tensor("activation", activation)
+    check_is_tensor("gradient", gradient)
+    check_choice("mode", mode, tuple(GWM_MODES))
     return _forward_op(activation, gradient, mode)
