@@ -229,3 +229,13 @@ def test_tolerance_table_is_tight_enough_to_catch_a_wrong_kernel():
         assert_close(dropped, exp, torch.float32)
     atol, rtol = TOLERANCES[torch.float32]
     assert atol <= 1e-5 and rtol <= 1e-5
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_outputs_above_streaming_threshold(backend, device, mode):
+    """Outputs of 16 MiB and more take the native CPU kernel's streaming-store path; an odd
+    H*W misaligns every plane, which exercises its scalar head and tail."""
+    if backend == "triton" and device.type == "cpu":
+        pytest.skip("too large for the Triton interpreter")
+    a, g = make_inputs((2, 128, 129, 129), torch.float32, device)  # 17 MB
+    check_against_reference(a, g, mode, torch.float32)
