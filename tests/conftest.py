@@ -19,6 +19,13 @@ import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+    # Import triton now, under the interpreter: triton.language's own @jit helpers (the
+    # combine functions of tl.sum, ...) are bound to the mode in force at its first import,
+    # and torch may import triton later from a test that has switched the variable off.
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        pass
 
 import camfast  # noqa: E402  (after TRITON_INTERPRET)
 from camfast import _ext  # noqa: E402
