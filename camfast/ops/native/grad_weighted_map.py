@@ -22,12 +22,18 @@ def forward(activation: Tensor, gradient: Tensor, mode: str) -> Tensor:
     return out
 
 
-def backward(grad_out: Tensor, activation: Tensor, gradient: Tensor, out: Tensor, mode: str) -> tuple[Tensor, Tensor]:
+def backward(grad_out: Tensor, activation: Tensor, gradient: Tensor, out: Tensor, mode: str,
+             grad_a: Tensor | None = None, grad_g: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """``(dA, dG)``, written into ``grad_a``/``grad_g`` when given (same shape and dtype as
+    the inputs, any strides, no overlap; the benchmarks use this to time the kernel alone)."""
     B, C, H, W = activation.shape
     grad_out = grad_out.contiguous()
     out = out.contiguous()
-    grad_a = torch.empty_like(activation)
-    grad_g = torch.empty_like(gradient)
+    grad_a = torch.empty_like(activation) if grad_a is None else grad_a
+    grad_g = torch.empty_like(gradient) if grad_g is None else grad_g
+    for name, t, like in (("grad_a", grad_a, activation), ("grad_g", grad_g, gradient)):
+        if t.shape != like.shape or t.dtype != like.dtype or t.device != like.device:
+            raise ValueError(f"{name} must match the shape, dtype and device of its input")
     workspace = activation.new_empty((2 * B * C,), dtype=acc_dtype(activation))
     dev, index, stream = device_args(activation)
     lib().grad_weighted_map_backward(
