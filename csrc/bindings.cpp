@@ -6,9 +6,11 @@
 
 #include <array>
 #include <cstdint>
+#include <vector>
 
 #include "common.h"
 #include "grad_weighted_map.h"
+#include "upsample_aggregate.h"
 
 namespace py = pybind11;
 using namespace camfast;
@@ -110,6 +112,103 @@ void gwm_backward(int device, int device_index, int dtype, int mode, Sizes4 size
   }
 }
 
+
+// ---- upsample_aggregate: one entry per layer in each list (pointers, [h, w], strides) ----
+using Sizes2 = std::array<int64_t, 2>;
+using Sizes3 = std::array<int64_t, 3>;
+
+std::vector<UaLayer> ua_layers(int device, int dtype, int reduce, int normalize, const Sizes3& bhw,
+                               const std::vector<uintptr_t>& data, const std::vector<Sizes2>& sizes,
+                               const std::vector<Sizes3>& strides, const std::vector<double>& weights) {
+  require(device == 0 || device == 1, "camfast._C: device must be 0 (cpu) or 1 (cuda)");
+#ifndef CAMFAST_WITH_CUDA
+  require(device == 0, "camfast._C: this build has no CUDA kernels (rebuild with CAMFAST_CUDA=ON)");
+#endif
+  require(dtype >= 0 && dtype <= 3, "camfast._C: unknown dtype code " + std::to_string(dtype));
+  require(reduce >= 0 && reduce <= 2, "camfast._C: unknown reduce code " + std::to_string(reduce));
+  require(normalize >= 0 && normalize <= 1, "camfast._C: unknown normalize code " + std::to_string(normalize));
+  for (int i = 0; i < 3; ++i)
+    require(bhw[i] > 0, "camfast._C: every size must be positive, got sizes[" + std::to_string(i) +
+                            "]=" + std::to_string(bhw[i]));
+  const size_t L = data.size();
+  require(L >= 1 && L <= static_cast<size_t>(kUaMaxLayers),
+          "camfast._C: between 1 and " + std::to_string(kUaMaxLayers) + " layers are supported, got " +
+              std::to_string(L));
+  require(sizes.size() == L && strides.size() == L && weights.size() == L,
+          "camfast._C: maps, map_sizes, map_strides and weights must have one entry per layer");
+  std::vector<UaLayer> layers(L);
+  for (size_t l = 0; l < L; ++l) {
+    const std::string at = "maps[" + std::to_string(l) + "]";
+    check_ptr(at.c_str(), data[l]);
+    require(sizes[l][0] > 0 && sizes[l][1] > 0, "camfast._C: every size must be positive in " + at);
+    for (int i = 0; i < 3; ++i) require(strides[l][i] >= 0, "camfast._C: negative stride in " + at);
+    layers[l] = UaLayer{reinterpret_cast<const void*>(data[l]), sizes[l][0], sizes[l][1], strides[l][0],
+                        strides[l][1], strides[l][2], weights[l], nullptr, 0, 0, 0};
+  }
+  return layers;
+}
+
+void ua_forward(int device, int device_index, int dtype, int reduce, int normalize, Sizes3 sizes,
+                std::vector<uintptr_t> maps, std::vector<Sizes2> map_sizes, std::vector<Sizes3> map_strides,
+                std::vector<double> weights, uintptr_t out, uintptr_t ws, uintptr_t stream) {
+  std::vector<UaLayer> layers =
+      ua_layers(device, dtype, reduce, normalize, sizes, maps, map_sizes, map_strides, weights);
+  check_ptr("out", out);
+  check_ptr("workspace", ws);
+  const UaProblem p{sizes[0], sizes[1], sizes[2], static_cast<int64_t>(layers.size()),
+                    static_cast<UaReduce>(reduce), static_cast<UaNormalize>(normalize)};
+  py::gil_scoped_release release;
+  if (device == 0) {
+    upsample_aggregate_forward_cpu(static_cast<DType>(dtype), p, layers.data(), reinterpret_cast<void*>(out),
+                                   reinterpret_cast<void*>(ws));
+  } else {
+#ifdef CAMFAST_WITH_CUDA
+    upsample_aggregate_forward_cuda(static_cast<DType>(dtype), p, layers.data(), reinterpret_cast<void*>(out),
+                                    reinterpret_cast<void*>(ws), device_index, reinterpret_cast<void*>(stream));
+#else
+    (void)device_index;
+    (void)stream;
+#endif
+  }
+}
+
+void ua_backward(int device, int device_index, int dtype, int reduce, int normalize, Sizes3 sizes,
+                 std::vector<uintptr_t> maps, std::vector<Sizes2> map_sizes, std::vector<Sizes3> map_strides,
+                 std::vector<double> weights, uintptr_t grad_out, std::vector<uintptr_t> grads,
+                 std::vector<Sizes3> grad_strides, uintptr_t ws, uintptr_t stream) {
+  std::vector<UaLayer> layers =
+      ua_layers(device, dtype, reduce, normalize, sizes, maps, map_sizes, map_strides, weights);
+  require(grads.size() == layers.size() && grad_strides.size() == layers.size(),
+          "camfast._C: grads and grad_strides must have one entry per layer");
+  for (size_t l = 0; l < layers.size(); ++l) {
+    const std::string at = "grads[" + std::to_string(l) + "]";
+    check_ptr(at.c_str(), grads[l]);
+    for (int i = 0; i < 3; ++i) require(grad_strides[l][i] >= 0, "camfast._C: negative stride in " + at);
+    layers[l].grad = reinterpret_cast<void*>(grads[l]);
+    layers[l].gsb = grad_strides[l][0];
+    layers[l].gsh = grad_strides[l][1];
+    layers[l].gsw = grad_strides[l][2];
+  }
+  check_ptr("grad_out", grad_out);
+  check_ptr("workspace", ws);
+  const UaProblem p{sizes[0], sizes[1], sizes[2], static_cast<int64_t>(layers.size()),
+                    static_cast<UaReduce>(reduce), static_cast<UaNormalize>(normalize)};
+  py::gil_scoped_release release;
+  if (device == 0) {
+    upsample_aggregate_backward_cpu(static_cast<DType>(dtype), p, layers.data(),
+                                    reinterpret_cast<const void*>(grad_out), reinterpret_cast<void*>(ws));
+  } else {
+#ifdef CAMFAST_WITH_CUDA
+    upsample_aggregate_backward_cuda(static_cast<DType>(dtype), p, layers.data(),
+                                     reinterpret_cast<const void*>(grad_out), reinterpret_cast<void*>(ws),
+                                     device_index, reinterpret_cast<void*>(stream));
+#else
+    (void)device_index;
+    (void)stream;
+#endif
+  }
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -145,4 +244,12 @@ PYBIND11_MODULE(_C, m) {
         py::arg("g"), py::arg("g_strides"), py::arg("out"), py::arg("grad_out"), py::arg("grad_a"),
         py::arg("grad_a_strides"), py::arg("grad_g"), py::arg("grad_g_strides"), py::arg("workspace"),
         py::arg("stream"));
+  m.def("upsample_aggregate_forward", &ua_forward, py::arg("device"), py::arg("device_index"),
+        py::arg("dtype"), py::arg("reduce"), py::arg("normalize"), py::arg("sizes"), py::arg("maps"),
+        py::arg("map_sizes"), py::arg("map_strides"), py::arg("weights"), py::arg("out"), py::arg("workspace"),
+        py::arg("stream"));
+  m.def("upsample_aggregate_backward", &ua_backward, py::arg("device"), py::arg("device_index"),
+        py::arg("dtype"), py::arg("reduce"), py::arg("normalize"), py::arg("sizes"), py::arg("maps"),
+        py::arg("map_sizes"), py::arg("map_strides"), py::arg("weights"), py::arg("grad_out"), py::arg("grads"),
+        py::arg("grad_strides"), py::arg("workspace"), py::arg("stream"));
 }

@@ -7,5 +7,7 @@ environment variable, else the best available for the tensors' device.
 
 from camfast.ops._backend import BACKENDS, available_backends, requested_backend, use_backend
 from camfast.ops.grad_weighted_map import grad_weighted_map
+from camfast.ops.upsample_aggregate import upsample_aggregate
 
-__all__ = ["BACKENDS", "available_backends", "grad_weighted_map", "requested_backend", "use_backend"]
+__all__ = ["BACKENDS", "available_backends", "grad_weighted_map", "requested_backend", "upsample_aggregate",
+           "use_backend"]

@@ -52,3 +52,37 @@ def check_choice(name: str, value: object, choices: Sequence[str]) -> str:
     if not isinstance(value, str) or value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
     return value
+
+
+def check_tensor_list(name: str, xs: object, ndim: int, layout: str, max_len: int | None = None) -> list[torch.Tensor]:
+    """A non-empty list/tuple of floating tensors of rank ``ndim`` sharing dtype, device and
+    the leading (batch) size; entries are named ``name[i]`` in messages."""
+    if not isinstance(xs, (list, tuple)):
+        raise TypeError(f"{name} must be a list or tuple of tensors, got {type(xs).__name__}")
+    if len(xs) == 0:
+        raise ValueError(f"{name} must not be empty: pass at least one tensor {layout}")
+    if max_len is not None and len(xs) > max_len:
+        raise ValueError(f"{name} has {len(xs)} entries; at most {max_len} are supported")
+    for i, x in enumerate(xs):
+        check_is_tensor(f"{name}[{i}]", x)
+    first = check_tensor(f"{name}[0]", xs[0], ndim, layout)
+    for i, x in enumerate(xs[1:], start=1):
+        check_tensor(f"{name}[{i}]", x, ndim, layout)
+        check_same(f"{name}[{i}]", x, f"{name}[0]", first, shape=False)
+        if x.shape[0] != first.shape[0]:
+            raise ValueError(
+                f"{name}[{i}] has batch size {x.shape[0]} but {name}[0] has {first.shape[0]}; they must match"
+            )
+    return list(xs)
+
+
+def check_size2(name: str, size: object) -> tuple[int, int]:
+    """A pair of positive ints ``(H, W)`` (a list, tuple or torch.Size; SymInts when tracing)."""
+    ok = isinstance(size, (list, tuple)) and len(size) == 2 and all(
+        isinstance(s, (int, torch.SymInt)) and not isinstance(s, bool) for s in size
+    )
+    if not ok:
+        raise ValueError(f"{name} must be a pair of positive ints (H, W), got {size!r}")
+    if not all(s > 0 for s in size):
+        raise ValueError(f"{name} must be a pair of positive ints (H, W), got {tuple(size)!r}")
+    return size[0], size[1]

@@ -11,9 +11,6 @@
 #include <cmath>
 #include <vector>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 #ifdef __linux__
 #include <sys/mman.h>
 #endif
@@ -24,17 +21,13 @@
 #include <type_traits>
 
 #include "grad_weighted_map.h"
+#include "cpu/cpu_common.h"
 
 namespace camfast {
 namespace {
 
-inline int num_threads() {
-#ifdef _OPENMP
-  return omp_get_max_threads();
-#else
-  return 1;
-#endif
-}
+using namespace cpu_detail;
+
 
 // ReLU that propagates NaN, like torch.relu (NaN < 0 is false), as a plain blend that vectorises.
 template <typename A> inline A relu(A x) { return x < A(0) ? A(0) : x; }
@@ -88,7 +81,6 @@ inline int64_t tile_size(int64_t B, int64_t HW) {
   return std::min(std::max<int64_t>(t, 1), kMaxTile);
 }
 
-template <typename T> using Acc = typename acc_type<T>::type;
 
 // ----------------------------------------------------------------------------------
 // w[b, c] = mean_p G[b, c, p]    (Grad-CAM channel weights, accumulated in Acc)
