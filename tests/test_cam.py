@@ -279,3 +279,46 @@ def test_no_growth_over_repeated_calls():
         camfast.zoom_cam(model, x)
     assert live_tensors() <= before
     assert all(not m._forward_hooks for m in model.modules())
+
+
+class TinyViT(nn.Module):
+    """Patch embedding, a class token, two token-mixing blocks, a head on the class token."""
+
+    def __init__(self, dim=12, patch=8, num_classes=4):
+        super().__init__()
+        self.embed = nn.Conv2d(3, dim, patch, patch)
+        self.cls = nn.Parameter(torch.randn(1, 1, dim) * 0.1)
+        self.blocks = nn.Sequential(*[nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim), nn.GELU())
+                                      for _ in range(2)])
+        self.mix = nn.Linear(17, 17)  # mixes the 16 patch tokens and the class token
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, x):
+        t = self.embed(x).flatten(2).transpose(1, 2)  # (B, 16, dim)
+        t = torch.cat([self.cls.expand(x.shape[0], -1, -1), t], dim=1)
+        t = self.blocks(t)
+        t = self.mix(t.transpose(1, 2)).transpose(1, 2)
+        return self.head(t[:, 0])
+
+
+def tokens_to_map(t, h=4, w=4):
+    return t[:, 1:].reshape(t.shape[0], h, w, t.shape[-1]).permute(0, 3, 1, 2)
+
+
+def test_vision_transformer_through_reshape_transform():
+    torch.manual_seed(0)
+    model = TinyViT().eval()
+    x = images(2)
+    with pytest.raises(ValueError, match="reshape_transform"):
+        camfast.grad_cam(model, x, layer="blocks.1")
+    res = camfast.grad_cam(model, x, layer="blocks.1", reshape_transform=tokens_to_map, return_layers=True)
+    # the same map by hand: tokens -> (B, D, 4, 4), Grad-CAM weights from the gradient
+    acts = {}
+    h = model.blocks[1].register_forward_hook(lambda m, i, o: acts.__setitem__("t", o))
+    logits = model(x)
+    h.remove()
+    g = torch.autograd.grad(logits.gather(1, logits.argmax(1)[:, None]).sum(), acts["t"])[0]
+    a_map, g_map = tokens_to_map(acts["t"].detach()), tokens_to_map(g)
+    expected = (g_map.mean((2, 3), keepdim=True) * a_map).sum(1).relu()
+    torch.testing.assert_close(res.layer_maps["blocks.1"], expected, atol=1e-5, rtol=1e-4)
+    assert res.cam.shape == (2, 32, 32)
