@@ -4,8 +4,10 @@ The gradient methods run one forward and one backward for the whole batch:
 
 1. forward hooks keep each chosen layer's output ``A_l`` (and register a tensor hook on it);
 2. the target score ``S = sum_b target_b(output_b)`` is differentiated with
-   ``torch.autograd.grad`` towards the *input* only, so no parameter gradient is computed
-   or accumulated (``.grad``, ``requires_grad`` and ``model.training`` are left as they were);
+   ``torch.autograd.grad`` towards the *input* only (towards the layer's output when a
+   single layer is hooked: the backward then stops there), so no parameter gradient is
+   computed or accumulated (``.grad``, ``requires_grad`` and ``model.training`` are left
+   as they were);
 3. as soon as the gradient ``G_l = dS/dA_l`` reaches layer ``l`` during that backward, its
    tensor hook turns ``(A_l, G_l)`` into the layer's map with the fused
    ``camfast::grad_weighted_map`` op and lets the gradient go: no list of all layers'
@@ -189,7 +191,15 @@ def _run_gradient_method(
             score, idx = _score(logits, target)
             if not score.requires_grad:
                 raise RuntimeError("the target score does not depend on the input: is the model frozen in no_grad?")
-            torch.autograd.grad(score, (x_in,), create_graph=create_graph, allow_unused=True)
+            wrt = x_in
+            act = taps[0].activation if len(taps) == 1 else None
+            if act is not None and act.requires_grad and act._version == taps[0].version:
+                # One layer (Grad-CAM): the backward stops at that layer's output instead of
+                # running through every layer below it (its hook fires all the same). Not
+                # when the output was modified in place: the input then, and the hook raises.
+                wrt = act
+            del act
+            torch.autograd.grad(score, (wrt,), create_graph=create_graph, allow_unused=True)
     finally:
         for h in handles:
             h.remove()

@@ -1,0 +1,256 @@
+"""A drop-in for pytorch-grad-cam's ``GradCAM``, ``HiResCAM`` and ``LayerCAM`` classes.
+
+The classes here take pytorch-grad-cam's constructor and call (``cam = GradCAM(model,
+target_layers, reshape_transform=None)``; ``cam(input_tensor, targets)`` gives a float32
+numpy array ``(B, H, W)``; usable as a context manager) and give its numbers (tested to
+1e-5 against grad-cam 1.5.7), computed with camfast's engine: one forward and one backward
+for the batch, each layer's map made by the fused ``camfast::grad_weighted_map`` op as its
+gradient streams through the backward, and the layers resized and averaged by
+``camfast::upsample_aggregate``.
+
+The post-processing is pytorch-grad-cam's, step for step:
+
+1. per layer: the map (with its ReLU), then per image ``(m - min) / (max(m - min) + 1e-7)``,
+   then a bilinear resize to the input's ``(H, W)`` (OpenCV's default ``INTER_LINEAR``,
+   whose values are those of ``F.interpolate(..., "bilinear", align_corners=False)``);
+2. over layers: the mean (of maps that are already non-negative), then the same per-image
+   normalisation once more, without resizing. With one layer this second normalisation is
+   still applied, as pytorch-grad-cam does.
+
+``ZoomCAM`` is that pipeline with Zoom-CAM's per-layer map (``ReLU(sum_c G_c * A_c)``, the
+same map as HiResCAM's), so its results equal ``HiResCAM``'s. Zoom-CAM as published fuses
+the layers by element-wise maximum: that is :func:`camfast.zoom_cam` (``fuse="max"``);
+``compat.ZoomCAM`` is only the pytorch-grad-cam-style wrapper, with its mean over layers.
+
+Differences from pytorch-grad-cam, all deliberate:
+
+* The constructor calls ``model.eval()``, as pytorch-grad-cam's does (needed for equal
+  numbers with batch norm or dropout). Nothing else about the model changes: no hook stays
+  on it between calls, and no parameter gradient is computed, so parameters' ``.grad`` are
+  left as they were (pytorch-grad-cam zeroes them and then fills them by ``backward``).
+* ``targets`` may be omitted (it means each image's top class, as ``targets=None`` does);
+  when given it must hold one callable per image (pytorch-grad-cam silently uses the first
+  ``len(targets)`` images). :class:`ClassifierOutputTarget` is provided here, and
+  pytorch-grad-cam's own targets work unchanged, including ones on outputs that are not
+  ``(B, num_classes)`` (segmentation targets).
+* ``aug_smooth=True`` and ``eigen_smooth=True`` are not supported: they raise ``ValueError``.
+* ``__exit__`` does not swallow ``IndexError`` (pytorch-grad-cam prints and suppresses it).
+* Each layer must run once per forward pass and produce a ``(B, C, h, w)`` tensor (after
+  ``reshape_transform``); 3-D (volumetric) inputs are not supported. A layer whose output
+  is modified in place afterwards (a convolution followed by ``ReLU(inplace=True)``) is an
+  error naming it (pytorch-grad-cam silently reads the modified values): hook the
+  activation instead.
+
+This module imports neither pytorch-grad-cam nor OpenCV nor torchvision.
+
+Example:
+    >>> from camfast.compat import GradCAM, ClassifierOutputTarget
+    >>> with GradCAM(model, target_layers=[model.layer4[-1]]) as cam:
+    ...     maps = cam(input_tensor=images, targets=[ClassifierOutputTarget(281)] * len(images))
+    >>> maps.shape, maps.dtype
+    ((2, 224, 224), dtype('float32'))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from camfast.layers import resolve_layers
+from camfast.methods import _check_input, _run_gradient_method
+from camfast.ops import upsample_aggregate
+
+__all__ = ["ClassifierOutputTarget", "GradCAM", "HiResCAM", "LayerCAM", "ZoomCAM"]
+
+_EPS = 1e-7  # pytorch-grad-cam's scale_cam_image: img / (1e-7 + max(img)); the same in upsample_aggregate
+
+
+class ClassifierOutputTarget:
+    """The score of one class: ``output[category]`` for one image's ``(num_classes,)`` output
+    (``output[:, category]`` for a batch), like pytorch-grad-cam's class of the same name."""
+
+    def __init__(self, category: int) -> None:
+        self.category = category
+
+    def __call__(self, model_output: Tensor) -> Tensor:
+        if model_output.dim() == 1:
+            return model_output[self.category]
+        return model_output[:, self.category]
+
+    def __repr__(self) -> str:
+        return f"ClassifierOutputTarget({self.category!r})"
+
+
+def _normalize(m: Tensor) -> Tensor:
+    """Per image: ``(m - min) / (max(m - min) + 1e-7)`` (scale_cam_image without resizing)."""
+    m = m - m.amin(dim=(-2, -1), keepdim=True)
+    return m / (m.amax(dim=(-2, -1), keepdim=True) + _EPS)
+
+
+class _BaseCAM:
+    """pytorch-grad-cam's ``BaseCAM`` interface on camfast's engine (see the module doc)."""
+
+    _mode: str = ""
+
+    def __init__(self, model: nn.Module, target_layers: Sequence[nn.Module | str],
+                 reshape_transform: Callable[[Tensor], Tensor] | None = None) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+        if isinstance(target_layers, (nn.Module, str)):
+            raise TypeError(
+                "target_layers must be a list of layers, e.g. target_layers=[model.layer4[-1]], "
+                f"got a single {type(target_layers).__name__}"
+            )
+        if not isinstance(target_layers, (list, tuple)):
+            raise TypeError(f"target_layers must be a list of nn.Module (or module names), got "
+                            f"{type(target_layers).__name__}")
+        if reshape_transform is not None and not callable(reshape_transform):
+            raise TypeError(f"reshape_transform must be callable or None, got {type(reshape_transform).__name__}")
+        self._layers = resolve_layers(model, list(target_layers), "target_layers")
+        self.model = model
+        self.model.eval()  # as pytorch-grad-cam's BaseCAM does
+        self.target_layers = list(target_layers)
+        self.reshape_transform = reshape_transform
+        param = next(model.parameters(), None)
+        self.device = param.device if param is not None else None
+        self.outputs: Tensor | None = None  # the model output of the last call (detached)
+
+    # -- context manager: nothing to release (no hook outlives a call) -------------------
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc_value, exc_tb) -> bool:
+        return False
+
+    def __repr__(self) -> str:
+        return f"camfast.compat.{type(self).__name__}(target_layers={[n for n, _ in self._layers]})"
+
+    # -- the call -------------------------------------------------------------------------
+    def __call__(self, input_tensor: Tensor, targets: Sequence[Callable[[Tensor], Tensor]] | None = None,
+                 aug_smooth: bool = False, eigen_smooth: bool = False) -> np.ndarray:
+        """Maps ``(B, H, W)`` float32 in [0, 1) for ``input_tensor`` ``(B, C, H, W)``.
+
+        Args:
+            input_tensor: the images; moved to the model's device.
+            targets: None (each image's top class) or one callable per image taking that
+                image's model output and returning a scalar (``ClassifierOutputTarget(i)``).
+            aug_smooth, eigen_smooth: must be False (not supported).
+        """
+        if aug_smooth:
+            raise ValueError("camfast.compat does not support aug_smooth=True (test-time augmentation); "
+                             "use pytorch-grad-cam for it")
+        if eigen_smooth:
+            raise ValueError("camfast.compat does not support eigen_smooth=True (principal-component "
+                             "smoothing); use pytorch-grad-cam for it")
+        return self.forward(input_tensor, targets)
+
+    def forward(self, input_tensor: Tensor,
+                targets: Sequence[Callable[[Tensor], Tensor]] | None = None) -> np.ndarray:
+        x = _check_input(input_tensor)
+        if self.device is not None:
+            x = x.to(self.device)
+        target, output_fn = self._target(targets, int(x.shape[0]))
+        maps, logits, _ = _run_gradient_method(self.model, x, target, self._layers, self._mode,
+                                               self.reshape_transform, output_fn, create_graph=False)
+        self.outputs = logits.reshape(output_fn.shape) if output_fn.shape is not None else logits
+        return self._aggregate(maps, (int(x.shape[-2]), int(x.shape[-1])))
+
+    def _target(self, targets, batch: int):
+        output_fn = _Flatten(targets is not None)
+        if targets is None:
+            return None, output_fn
+        if callable(targets) or not isinstance(targets, (list, tuple)):
+            raise TypeError(
+                "targets must be None or a list with one callable per image, e.g. "
+                f"[ClassifierOutputTarget(281)] * {batch}; got {type(targets).__name__}"
+            )
+        if not all(callable(t) for t in targets):
+            bad = next(t for t in targets if not callable(t))
+            raise TypeError(
+                f"targets must hold callables (e.g. ClassifierOutputTarget({bad!r}) for a class index), "
+                f"got {type(bad).__name__}"
+            )
+        if len(targets) != batch:
+            raise ValueError(f"targets has {len(targets)} entries for a batch of {batch} images; give one per image")
+        # The engine takes (B, K) outputs; other shapes travel flattened and each target sees
+        # its image's output in the model's shape again.
+        return [output_fn.unflattening(t) for t in targets], output_fn
+
+    @staticmethod
+    def _aggregate(maps: list[Tensor], size: tuple[int, int]) -> np.ndarray:
+        maps = [m.detach().float() for m in maps]
+        # Per layer: normalise, resize bilinearly; then the mean over layers (all fused).
+        # max(0) before the mean is a no-op here: normalised maps are non-negative.
+        fused = upsample_aggregate(maps, size, reduce="mean", normalize="minmax")
+        return _normalize(fused).cpu().numpy().astype(np.float32, copy=False)
+
+
+class _Flatten:
+    """``output_fn`` for the engine: the model output as ``(B, K)``.
+
+    A ``(B, K)`` output passes as it is. With callable targets, any ``(B, ...)`` output is
+    flattened to ``(B, -1)`` and the targets are wrapped to see each image's output in its
+    own shape; without targets (the top class) the output must be ``(B, num_classes)``.
+    """
+
+    def __init__(self, has_targets: bool) -> None:
+        self.has_targets = has_targets
+        self.shape: torch.Size | None = None
+
+    def __call__(self, out: Any) -> Tensor:
+        self.shape = None
+        if not isinstance(out, Tensor):
+            raise TypeError(
+                f"the model returned {type(out).__name__}, not a tensor; wrap the model so that it "
+                "returns a tensor (as pytorch-grad-cam needs too)"
+            )
+        if out.dim() <= 2:
+            return out
+        if not self.has_targets:
+            raise ValueError(
+                f"the model output has shape {tuple(out.shape)}: the default target (the top class) needs "
+                "(B, num_classes) scores; pass targets=[...] (one callable per image)"
+            )
+        self.shape = out.shape
+        return out.reshape(out.shape[0], -1)
+
+    def unflattening(self, target: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
+        def call(sample: Tensor) -> Tensor:
+            if self.shape is not None:
+                sample = sample.reshape(self.shape[1:])
+            return target(sample)
+
+        return call
+
+
+class GradCAM(_BaseCAM):
+    """Grad-CAM: ``ReLU(sum_c mean_hw(G_c) A_c)`` per layer; pytorch-grad-cam's
+    ``GradCAM(model, target_layers, reshape_transform=None)``."""
+
+    _mode = "gradcam"
+
+
+class HiResCAM(_BaseCAM):
+    """HiResCAM: ``ReLU(sum_c G_c * A_c)`` per layer; pytorch-grad-cam's
+    ``HiResCAM(model, target_layers, reshape_transform=None)``."""
+
+    _mode = "zoom"
+
+
+class LayerCAM(_BaseCAM):
+    """LayerCAM: ``ReLU(sum_c ReLU(G_c) * A_c)`` per layer; pytorch-grad-cam's
+    ``LayerCAM(model, target_layers, reshape_transform=None)``."""
+
+    _mode = "layercam"
+
+
+class ZoomCAM(_BaseCAM):
+    """Zoom-CAM's per-layer map (``ReLU(sum_c G_c * A_c)``, HiResCAM's) in pytorch-grad-cam's
+    pipeline: mean over layers, so the results equal :class:`HiResCAM`'s. The published
+    method, with max fusion over layers, is :func:`camfast.zoom_cam`."""
+
+    _mode = "zoom"
