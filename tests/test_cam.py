@@ -322,3 +322,20 @@ def test_vision_transformer_through_reshape_transform():
     expected = (g_map.mean((2, 3), keepdim=True) * a_map).sum(1).relu()
     torch.testing.assert_close(res.layer_maps["blocks.1"], expected, atol=1e-5, rtol=1e-4)
     assert res.cam.shape == (2, 32, 32)
+
+
+@pytest.mark.parametrize("name, count, first, last", [
+    ("vgg16", 13, "features.1", "features.29"),  # every post-conv ReLU: Zoom-CAM's official choice
+    ("resnet50", 17, "relu", "layer4.2"),  # stem + every Bottleneck
+    ("mobilenet_v2", 18, "features.0.2", "features.17"),  # stem + every InvertedResidual
+    ("mobilenet_v3_small", 12, "features.0.2", "features.11"),
+    ("efficientnet_b0", 17, "features.0.2", "features.7.0"),  # stem + every MBConv
+])
+def test_find_layers_on_torchvision_models(name, count, first, last):
+    import peers
+
+    model = getattr(peers.torchvision().models, name)().eval()
+    layers = camfast.find_layers(model)
+    assert (len(layers), layers[0], layers[-1]) == (count, first, last)
+    out = camfast.zoom_cam(model, images(1, 64))
+    assert out.shape == (1, 64, 64) and torch.isfinite(out).all() and float(out.max()) > 0.5
