@@ -1,0 +1,268 @@
+"""rCAM: high-resolution class activation maps (Ha, Franchi, Moeller, Kolb, Blanz, WACV 2018).
+
+The pipeline of the paper (``seeds/003``), generalised beyond GoogLeNet-GAP:
+
+1. CAMs at two scales: the image ``I1`` and ``I2 = U^2(I1)`` (bilinear x2) give ``CAM1``,
+   ``CAM2`` for the top class of ``I1`` and its probabilities ``P1``, ``P2``;
+2. shape guides: the per-image PCA (3 components) of the stride-8 feature group, ``S1``
+   from ``I1`` and ``S2`` from ``I2`` (:func:`pca_guide`);
+3. guided upsampling, each step ``G^f(U^2(cam), S)`` (bilinear x2, then a guided filter
+   with the shape guide at that size; :func:`camfast.ops.guided_filter`), the window radius
+   per image from the guide's variogram (:func:`variogram_radius`):
+   ``CAM1 -> ... -> size(S1) -> size(S2)`` and ``CAM2 -> ... -> size(S2)``;
+4. fusion at full size, ``rCAM3 = rCAM1 * P1[top] + rCAM2 * P2[top]``, normalised to [0, 1];
+5. a dense CRF with ``rCAM3`` / ``1 - rCAM3`` as foreground / background (:mod:`camfast.crf`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from camfast.layers import resolve_layers
+from camfast.methods import _check_input, _classifier, _logits, _score
+
+__all__ = ["RCAMResult", "pca_guide", "rcam", "variogram_radius"]
+
+
+def pca_guide(features: Tensor, k: int = 3) -> Tensor:
+    """Per-image PCA over channels: ``(B, C, h, w) -> (B, k, h, w)``, each component in [0, 1].
+
+    Every pixel's ``C``-vector is projected on the ``k`` leading principal directions of that
+    image's pixels (centred). The sign of each direction is fixed so that its largest-magnitude
+    loading is positive, so the same input always gives the same guide; each component is then
+    min-max scaled to [0, 1] (a constant component becomes 0).
+    """
+    if not isinstance(features, Tensor) or features.dim() != 4:
+        raise ValueError(f"features must be a (B, C, h, w) tensor, got {getattr(features, 'shape', features)!r}")
+    if not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be a positive int, got {k!r}")
+    B, C, h, w = features.shape
+    x = features.detach().to(torch.float64).reshape(B, C, h * w).transpose(1, 2)  # (B, hw, C)
+    x = x - x.mean(dim=1, keepdim=True)
+    cov = x.transpose(1, 2) @ x / max(h * w - 1, 1)  # (B, C, C)
+    _, vecs = torch.linalg.eigh(cov)  # ascending eigenvalues
+    vecs = vecs.flip(-1)[..., : min(k, C)]  # (B, C, k') leading directions
+    idx = vecs.abs().argmax(dim=1, keepdim=True)
+    vecs = vecs * torch.sign(vecs.gather(1, idx)).clamp_min(0).mul(2).sub(1)
+    proj = (x @ vecs).transpose(1, 2).reshape(B, -1, h, w)
+    if proj.shape[1] < k:  # fewer channels than components: pad with zeros
+        proj = torch.cat([proj, proj.new_zeros(B, k - proj.shape[1], h, w)], dim=1)
+    lo = proj.amin(dim=(2, 3), keepdim=True)
+    hi = proj.amax(dim=(2, 3), keepdim=True)
+    out = torch.where(hi - lo > 1e-12, (proj - lo) / (hi - lo), torch.zeros_like(proj))
+    return out.to(features.dtype if features.is_floating_point() else torch.float32)
+
+
+def _empirical_variogram(guide: Tensor, max_lag: int) -> Tensor:
+    """``gamma(h)`` for h = 1..max_lag from horizontal and vertical pixel pairs: ``(B, max_lag)``."""
+    g = guide.to(torch.float64)
+    gammas = []
+    for lag in range(1, max_lag + 1):
+        terms, counts = [], 0
+        if g.shape[-1] > lag:
+            d = g[..., lag:] - g[..., :-lag]
+            terms.append(d.square().sum(dim=(1, 2, 3)))
+            counts += d[0, 0].numel()
+        if g.shape[-2] > lag:
+            d = g[..., lag:, :] - g[..., :-lag, :]
+            terms.append(d.square().sum(dim=(1, 2, 3)))
+            counts += d[0, 0].numel()
+        gammas.append(sum(terms) / (2 * counts))
+    return torch.stack(gammas, dim=1)
+
+
+def variogram_radius(guide: Tensor, max_lag: int | None = None, min_radius: int = 1,
+                     max_radius: int | None = None, return_sigma: bool = False):
+    """Guided-filter radius per image from the guide's variogram (the rCAM paper, eq. 1).
+
+    The empirical variogram ``gamma(h) = mean over pixel pairs at distance h of
+    |S(x_i) - S(x_j)|^2 / 2`` (summed over the guide's channels; pairs along rows and
+    columns, ``h = 1..max_lag``) is fitted by ``c1 * exp(-h^2 / (2 sigma^2)) + c2`` in the
+    least-squares sense (exact for ``c1, c2`` at each ``sigma`` of a fine grid, the best
+    ``sigma`` kept). The radius is ``round(sigma)`` clamped to ``[min_radius, max_radius]``.
+
+    Args:
+        guide: ``(B, k, h, w)`` guide (e.g. from :func:`pca_guide`).
+        max_lag: largest lag (default ``min(h, w) // 2``, at least 2).
+        min_radius, max_radius: bounds (default max: ``min(h, w) // 4``, at least min).
+        return_sigma: also return the fitted ``sigma`` per image.
+
+    Returns:
+        ``list[int]`` of radii (and a ``(B,)`` float64 tensor of sigmas).
+    """
+    if not isinstance(guide, Tensor) or guide.dim() != 4:
+        raise ValueError(f"guide must be a (B, k, h, w) tensor, got {getattr(guide, 'shape', guide)!r}")
+    h, w = guide.shape[-2:]
+    if min(h, w) < 3:
+        raise ValueError(f"guide must be at least 3x3 to fit a variogram, got {h}x{w}")
+    max_lag = max(2, min(h, w) // 2) if max_lag is None else int(max_lag)
+    if max_lag < 2 or max_lag >= max(h, w):
+        raise ValueError(f"max_lag must be in [2, {max(h, w) - 1}], got {max_lag}")
+    max_radius = max(min_radius, min(h, w) // 4) if max_radius is None else int(max_radius)
+    if min_radius < 1 or max_radius < min_radius:
+        raise ValueError(f"need 1 <= min_radius <= max_radius, got {min_radius}, {max_radius}")
+    gamma = _empirical_variogram(guide.detach(), max_lag)  # (B, L)
+    lags = torch.arange(1, max_lag + 1, dtype=torch.float64)
+    sigmas = torch.exp(torch.linspace(math.log(0.25), math.log(4.0 * max_lag), 400, dtype=torch.float64))
+    basis = torch.exp(-lags[None, :] ** 2 / (2 * sigmas[:, None] ** 2))  # (S, L)
+    # (c1, c2) in closed form (2x2 normal equations) for every sigma and image at once
+    n = float(max_lag)
+    sb, sbb = basis.sum(1), basis.square().sum(1)  # (S,)
+    sy, sby = gamma.sum(1, keepdim=True), gamma @ basis.T  # (B, 1), (B, S)
+    det = sbb * n - sb.square()
+    ok = det > 1e-12 * n * n
+    det = torch.where(ok, det, torch.ones_like(det))
+    c1 = (n * sby - sb * sy) / det
+    c2 = (sbb * sy - sb * sby) / det
+    resid = (c1[..., None] * basis + c2[..., None] - gamma[:, None, :]).square().sum(-1)  # (B, S)
+    resid = torch.where(ok, resid, torch.full_like(resid, float("inf")))
+    best_sigma = sigmas[resid.argmin(dim=1)].tolist()
+    sig = torch.tensor(best_sigma, dtype=torch.float64)
+    radii = [int(min(max(round(s), min_radius), max_radius)) for s in best_sigma]
+    return (radii, sig) if return_sigma else radii
+
+
+class RCAMResult(NamedTuple):
+    """Every stage of :func:`rcam` (maps ``(B, ., .)`` float32; ``cam`` at the input size)."""
+
+    cam: Tensor          # final map: CRF-refined foreground probability, or rCAM3 with crf=False
+    cam1: Tensor         # CAM of I1 at feature resolution
+    cam2: Tensor         # CAM of I2
+    rcam1: Tensor        # guided-upsampled CAM1 (size of S2)
+    rcam2: Tensor        # guided-upsampled CAM2 (size of S2)
+    rcam3: Tensor        # fusion at input size, [0, 1]
+    radii: list[list[int]]  # guided-filter radius per step and image
+    targets: Tensor      # class index per image (top class of I1 unless given)
+
+
+def _minmax(m: Tensor) -> Tensor:
+    lo = m.amin(dim=(-2, -1), keepdim=True)
+    hi = m.amax(dim=(-2, -1), keepdim=True)
+    return torch.where(hi - lo > 0, (m - lo) / (hi - lo + 1e-12), torch.zeros_like(m))
+
+
+def _stride8_layer(model: nn.Module, sizes: dict[str, tuple[int, int]], H: int) -> str:
+    want = math.ceil(H / 8)
+    candidates = [n for n, s in sizes.items() if s[0] == want]
+    if not candidates:  # nearest resolution at or above stride 8
+        above = [n for n, s in sizes.items() if s[0] >= want]
+        if not above:
+            raise ValueError("rcam: no feature layer at stride 8 or finer; pass shape_layer=...")
+        candidates = [min(above, key=lambda n: sizes[n][0])]
+    return candidates[-1]
+
+
+def _forward(model, x, pool, shape_module, output_fn):
+    """One forward (no grad): logits, the features entering the global pooling, the shape features."""
+    got: dict[str, Tensor] = {}
+    h1 = pool.register_forward_pre_hook(lambda m, i: got.__setitem__("feat", i[0]))
+    h2 = shape_module.register_forward_hook(lambda m, i, o: got.__setitem__("shape", o))
+    try:
+        with torch.no_grad():
+            logits = _logits(model(x), output_fn)
+    finally:
+        h1.remove()
+        h2.remove()
+    return logits, got["feat"], got["shape"]
+
+
+def _guided_up(cam: Tensor, guides: Sequence[Tensor], eps: float, radii_log: list[list[int]]) -> Tensor:
+    """``G^f(U^2(cam), S)`` repeatedly until ``cam`` reaches the last guide's size; at each
+    step the guide is the first whose size is at least the target size (resized to it)."""
+    from camfast.ops import guided_filter
+
+    target = guides[-1].shape[-2:]
+    cur = cam[:, None]
+    while cur.shape[-2] < target[0] or cur.shape[-1] < target[1]:
+        size = (min(cur.shape[-2] * 2, target[0]), min(cur.shape[-1] * 2, target[1]))
+        cur = F.interpolate(cur, size=size, mode="bilinear", align_corners=False)
+        guide = next(g for g in guides if g.shape[-2] >= size[0] and g.shape[-1] >= size[1])
+        if guide.shape[-2:] != size:
+            guide = F.interpolate(guide, size=size, mode="bilinear", align_corners=False)
+        radii = variogram_radius(guide) if min(size) >= 3 else [1] * cur.shape[0]
+        radii_log.append(radii)
+        cur = torch.cat([guided_filter(guide[b:b + 1], cur[b:b + 1], radii[b], eps) for b in range(cur.shape[0])])
+    return cur[:, 0]
+
+
+def rcam(model: nn.Module, x: Tensor, target=None, scales: Sequence[float] = (1, 2), crf: bool = True,
+         shape_layer: str | nn.Module | None = None, *, eps: float = 1e-3, image: Any = None,
+         crf_iters: int = 5, output_fn=None, return_intermediates: bool = False):
+    """High-resolution CAM (rCAM) of the top class of ``x`` (the rCAM paper's pipeline).
+
+    Args:
+        model: a classifier with global pooling followed by a linear layer (as for
+            :func:`camfast.cam`).
+        x: ``(B, 3, H, W)`` normalised images (``I1``); ``I2`` is ``x`` upsampled by ``scales[1]``.
+        target: None (top class of ``I1``), an int or one class per image.
+        scales: ``(1, 2)``: the two input scales (the paper's 224 and 448).
+        crf: refine with a dense CRF (needs pydensecrf2); ``False`` returns rCAM3.
+        shape_layer: the layer giving the shape features (default: the deepest layer of
+            :func:`camfast.find_layers` at stride 8).
+        eps: guided-filter regularisation (guides are in [0, 1]).
+        image: uint8 RGB ``(B, H, W, 3)`` for the CRF's bilateral term; default: ``x``
+            min-max scaled per image to 0..255.
+        crf_iters: CRF mean-field iterations.
+        return_intermediates: return an :class:`RCAMResult` with every stage.
+
+    Returns:
+        ``(B, H, W)`` float32 in [0, 1], or an :class:`RCAMResult`.
+    """
+    x = _check_input(x)
+    if len(scales) != 2 or scales[0] != 1 or scales[1] <= 1:
+        raise ValueError(f"scales must be (1, s) with s > 1, got {tuple(scales)!r}")
+    B, _, H, W = x.shape
+    pool_name, pool, linear = _classifier(model)
+    # the shape layer: sizes of the candidate layers from one forward of I1
+    if shape_layer is None:
+        cands = resolve_layers(model, None)
+        sizes: dict[str, tuple[int, int]] = {}
+        hooks = [m.register_forward_hook(lambda mod, i, o, n=n: sizes.__setitem__(n, tuple(o.shape[-2:])))
+                 for n, m in cands]
+        try:
+            with torch.no_grad():
+                model(x[:1])
+        finally:
+            for h in hooks:
+                h.remove()
+        shape_name = _stride8_layer(model, sizes, H)
+    else:
+        ((shape_name, _),) = resolve_layers(model, [shape_layer], "shape_layer")
+    shape_module = dict(model.named_modules())[shape_name]
+
+    x2 = F.interpolate(x, scale_factor=float(scales[1]), mode="bilinear", align_corners=False)
+    logits1, feat1, shape1 = _forward(model, x, pool, shape_module, output_fn)
+    logits2, feat2, shape2 = _forward(model, x2, pool, shape_module, output_fn)
+    _, idx = _score(logits1, target)
+    w = linear.weight.detach()[idx].to(torch.float32)
+    cam1 = torch.einsum("bchw,bc->bhw", feat1.float(), w)
+    cam2 = torch.einsum("bchw,bc->bhw", feat2.float(), w)
+    p1 = logits1.float().softmax(1).gather(1, idx[:, None])[:, 0]
+    p2 = logits2.float().softmax(1).gather(1, idx[:, None])[:, 0]
+    s1, s2 = pca_guide(shape1.float()), pca_guide(shape2.float())
+
+    radii: list[list[int]] = []
+    rcam1 = _guided_up(_minmax(cam1), [s1, s2], eps, radii)
+    rcam2 = _guided_up(_minmax(cam2), [s2], eps, radii)
+    up = lambda m: F.interpolate(m[:, None], size=(H, W), mode="bilinear", align_corners=False)[:, 0]  # noqa: E731
+    rcam3 = _minmax(up(rcam1) * p1[:, None, None] + up(rcam2) * p2[:, None, None]).clamp(0, 1)
+
+    out = rcam3
+    if crf:
+        from camfast import crf as crf_module
+
+        if image is None:
+            xf = x.detach().float()
+            lo, hi = xf.amin(dim=(1, 2, 3), keepdim=True), xf.amax(dim=(1, 2, 3), keepdim=True)
+            image = ((xf - lo) / (hi - lo + 1e-12) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        refined = crf_module.refine(image if image.ndim == 4 else image[None], rcam3.cpu().numpy(), iters=crf_iters)
+        out = torch.from_numpy(refined).to(x.device)
+    if return_intermediates:
+        return RCAMResult(out, cam1, cam2, rcam1, rcam2, rcam3, radii, idx)
+    return out

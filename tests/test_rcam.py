@@ -1,0 +1,110 @@
+"""rCAM's pieces: PCA shape guides, variogram radii, the dense CRF, and the whole pipeline."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from camfast import crf
+from camfast.rcam import pca_guide, variogram_radius
+
+
+def gaussian_field(s: float, batch=2, n=96, seed=0) -> torch.Tensor:
+    """White noise blurred by a Gaussian of std ``s``: its variogram is
+    ``c (1 - exp(-h^2 / (4 s^2)))``, i.e. the model's ``sigma = s * sqrt(2)``."""
+    g = torch.Generator().manual_seed(seed)
+    pad = 8 * math.ceil(s)
+    noise = torch.randn(batch * 3, 1, n + pad, n + pad, generator=g, dtype=torch.float64)
+    r = int(4 * s)
+    k = torch.exp(-torch.arange(-r, r + 1, dtype=torch.float64) ** 2 / (2 * s * s))
+    k = k / k.sum()
+    out = F.conv2d(F.conv2d(noise, k.view(1, 1, 1, -1)), k.view(1, 1, -1, 1))
+    return out.reshape(batch, 3, *out.shape[-2:])
+
+
+@pytest.mark.parametrize("s", [1.5, 2.0, 3.0])
+def test_variogram_recovers_known_sigma(s):
+    radii, sigma = variogram_radius(gaussian_field(s), max_lag=24, max_radius=30, return_sigma=True)
+    expected = s * math.sqrt(2)
+    assert torch.allclose(sigma, torch.full_like(sigma, expected), rtol=0.15), (sigma, expected)
+    assert radii == [round(v) for v in sigma.tolist()]
+
+
+def test_variogram_radius_bounds_and_errors():
+    field = gaussian_field(4.0, batch=1)
+    assert variogram_radius(field, max_radius=3) == [3]
+    smooth = torch.zeros(1, 3, 16, 16)
+    assert variogram_radius(smooth + 1.0) == [1]  # no structure at all: the smallest radius
+    with pytest.raises(ValueError, match="at least 3x3"):
+        variogram_radius(torch.rand(1, 3, 2, 8))
+    with pytest.raises(ValueError, match="max_lag"):
+        variogram_radius(torch.rand(1, 3, 8, 8), max_lag=1)
+    with pytest.raises(ValueError, match="guide must be"):
+        variogram_radius(torch.rand(3, 8, 8))
+
+
+def test_pca_guide_finds_the_dominant_pattern_and_is_deterministic():
+    g = torch.Generator().manual_seed(0)
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, 12), torch.linspace(-1, 1, 12), indexing="ij")
+    pattern = (xx**2 + yy**2 < 0.4).float()  # a disc
+    mix = torch.randn(32, generator=g)
+    feats = (mix[:, None, None] * pattern * 5 + 0.1 * torch.randn(32, 12, 12, generator=g))[None]
+    guide = pca_guide(feats)
+    assert guide.shape == (1, 3, 12, 12) and guide.min() >= 0 and guide.max() <= 1
+    corr = torch.corrcoef(torch.stack([guide[0, 0].flatten(), pattern.flatten()]))[0, 1]
+    assert abs(float(corr)) > 0.99
+    assert torch.equal(guide, pca_guide(feats.clone()))
+    assert pca_guide(torch.ones(1, 4, 5, 5)).abs().sum() == 0  # constant features: zero guide
+    assert pca_guide(torch.rand(2, 2, 5, 5)).shape == (2, 3, 5, 5)  # fewer channels than k: padded
+
+
+def _two_region_image(n=40):
+    img = np.zeros((n, n, 3), np.uint8)
+    img[:, n // 2:] = 220
+    truth = np.zeros((n, n), np.float32)
+    truth[:, n // 2:] = 1
+    rng = np.random.default_rng(0)
+    prob = np.clip(0.5 + 0.15 * (truth - 0.5) * 2 + rng.normal(0, 0.2, truth.shape), 0.01, 0.99).astype(np.float32)
+    return img, prob, truth
+
+
+def test_crf_snaps_noisy_probabilities_to_image_edges():
+    pytest.importorskip("pydensecrf")
+    img, prob, truth = _two_region_image()
+    refined = crf.refine(img, prob, iters=5)
+    assert refined.shape == prob.shape and refined.dtype == np.float32
+    before = ((prob > 0.5) == truth).mean()
+    after = ((refined > 0.5) == truth).mean()
+    assert after > 0.98 > before
+
+
+def test_crf_batch_in_processes_equals_one_by_one_and_multiclass():
+    pytest.importorskip("pydensecrf")
+    img, prob, _ = _two_region_image(24)
+    imgs = np.stack([img, img[:, ::-1].copy()])
+    probs = np.stack([prob, prob[:, ::-1].copy()])
+    batched = crf.refine(imgs, probs, workers=2)
+    single = np.stack([crf.refine(imgs[i], probs[i]) for i in range(2)])
+    np.testing.assert_allclose(batched, single, atol=1e-6)
+    three = np.stack([1 - probs[0], probs[0] * 0.5, probs[0] * 0.5])
+    out = crf.refine(torch.from_numpy(imgs[0]), torch.from_numpy(three))
+    assert out.shape == (3, 24, 24)
+    np.testing.assert_allclose(out.sum(0), 1.0, atol=1e-4)
+
+
+def test_crf_bad_input():
+    img, prob, _ = _two_region_image(8)
+    with pytest.raises(TypeError, match="image must be uint8"):
+        crf.refine(img.astype(np.float32), prob)
+    with pytest.raises(ValueError, match="matching the image"):
+        crf.refine(img, prob[:4])
+    with pytest.raises(ValueError, match=r"in \[0, 1\]"):
+        crf.refine(img, prob * 3)
+    with pytest.raises(ValueError, match="image must be"):
+        crf.refine(img[..., :2], prob)
+    with pytest.raises(TypeError, match="numpy array or a torch tensor"):
+        crf.refine([[1]], prob)
