@@ -216,10 +216,18 @@ def _run_gradient_method(
     return maps, logits.detach(), idx
 
 
+def _unit_scale(m: Tensor) -> Tensor:
+    """``m / max|m|`` per sample (float32): min-max normalisation's fixed ``eps`` (1e-7) is then
+    negligible whatever the maps' magnitude (gradients of an untrained network are ~1e-6)."""
+    m = m.float()
+    scale = m.detach().abs().amax(dim=(-2, -1), keepdim=True)
+    return m / scale.clamp_min(torch.finfo(torch.float32).tiny)
+
+
 def _fuse(maps: list[Tensor], size: tuple[int, int], fuse: str) -> Tensor:
     if fuse not in ("max", "mean"):
         raise ValueError(f"fuse must be 'max' or 'mean', got {fuse!r}")
-    maps = [m.float() for m in maps]
+    maps = [_unit_scale(m) for m in maps]
     fused = upsample_aggregate(maps, size, reduce=fuse, normalize="minmax")
     if len(maps) > 1:  # back to [0, 1] after fusing; a single normalised layer already is
         fused = upsample_aggregate([fused], size, reduce="max", normalize="minmax")
@@ -367,7 +375,7 @@ def cam(model: nn.Module, x: Tensor, target: Target = None, clamp_negative_weigh
     if clamp_negative_weights:
         w = w.clamp_min(0)
     m = torch.einsum("bchw,bc->bhw", feats.to(torch.float32), w)
-    out = upsample_aggregate([m], size, reduce="max", normalize="minmax")
+    out = upsample_aggregate([_unit_scale(m)], size, reduce="max", normalize="minmax")
     if return_layers:
         return CAMResult(out, {pool_name: m}, logits, idx)
     return out

@@ -20,10 +20,11 @@ def images(b=2, size=32, seed=0):
     return torch.randn(b, 3, size, size, generator=torch.Generator().manual_seed(seed))
 
 
-def minmax(m, eps=1e-7):
+def minmax(m):
+    """Per-sample min-max to [0, 1], scale-free (a constant map gives zeros)."""
     lo = m.amin(dim=(-2, -1), keepdim=True)
     hi = m.amax(dim=(-2, -1), keepdim=True)
-    return torch.where(hi - lo > 0, (m - lo) / (hi - lo + eps), torch.zeros_like(m))
+    return torch.where(hi - lo > 0, (m - lo) / (hi - lo), torch.zeros_like(m))
 
 
 def manual_cam(model, x, names, mode, target=None, fuse="max"):
@@ -338,4 +339,5 @@ def test_find_layers_on_torchvision_models(name, count, first, last):
     layers = camfast.find_layers(model)
     assert (len(layers), layers[0], layers[-1]) == (count, first, last)
     out = camfast.zoom_cam(model, images(1, 64))
-    assert out.shape == (1, 64, 64) and torch.isfinite(out).all() and float(out.max()) > 0.5
+    # untrained networks give tiny maps (~1e-6): the result must still span [0, 1]
+    assert out.shape == (1, 64, 64) and torch.isfinite(out).all() and float(out.max()) > 0.999
