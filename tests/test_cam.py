@@ -335,6 +335,7 @@ def test_vision_transformer_through_reshape_transform():
 def test_find_layers_on_torchvision_models(name, count, first, last):
     import peers
 
+    torch.manual_seed(0)
     model = getattr(peers.torchvision().models, name)().eval()
     layers = camfast.find_layers(model)
     assert (len(layers), layers[0], layers[-1]) == (count, first, last)
