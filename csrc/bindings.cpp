@@ -9,7 +9,10 @@
 #include <vector>
 
 #include "common.h"
+#include "box_filter.h"
 #include "grad_weighted_map.h"
+#include "guided_filter.h"
+#include "thresholded_avg_pool2d.h"
 #include "upsample_aggregate.h"
 
 namespace py = pybind11;
@@ -209,6 +212,119 @@ void ua_backward(int device, int device_index, int dtype, int reduce, int normal
   }
 }
 
+// ---- thresholded_avg_pool2d: x [B, C, H, W] (strided); pooled, tau, count, grad_out [B, C] contiguous ----
+TapProblem tap_problem(int device, int dtype, Sizes4 sizes, uintptr_t x, Sizes4 sx, double theta) {
+  check_common(device, dtype, 0, sizes);
+  check_strides("x", sx);
+  check_ptr("x", x);
+  require(theta >= 0.0 && theta <= 1.0, "camfast._C: theta must be in [0, 1], got " + std::to_string(theta));
+  return TapProblem{sizes[0], sizes[1], sizes[2], sizes[3], view_of(sx), theta};
+}
+
+void tap_forward(int device, int device_index, int dtype, Sizes4 sizes, uintptr_t x, Sizes4 sx, double theta,
+                 uintptr_t pooled, uintptr_t tau, uintptr_t count, uintptr_t stream) {
+  const TapProblem p = tap_problem(device, dtype, sizes, x, sx, theta);
+  check_ptr("pooled", pooled);
+  check_ptr("tau", tau);
+  check_ptr("count", count);
+  py::gil_scoped_release release;
+  if (device == 0) {
+    thresholded_avg_pool2d_forward_cpu(static_cast<DType>(dtype), p, reinterpret_cast<const void*>(x),
+                                       reinterpret_cast<void*>(pooled), reinterpret_cast<void*>(tau),
+                                       reinterpret_cast<void*>(count));
+  } else {
+#ifdef CAMFAST_WITH_CUDA
+    thresholded_avg_pool2d_forward_cuda(static_cast<DType>(dtype), p, reinterpret_cast<const void*>(x),
+                                        reinterpret_cast<void*>(pooled), reinterpret_cast<void*>(tau),
+                                        reinterpret_cast<void*>(count), device_index,
+                                        reinterpret_cast<void*>(stream));
+#else
+    (void)device_index;
+    (void)stream;
+#endif
+  }
+}
+
+void tap_backward(int device, int device_index, int dtype, Sizes4 sizes, uintptr_t x, Sizes4 sx, uintptr_t tau,
+                  uintptr_t count, uintptr_t grad_out, uintptr_t grad_x, Sizes4 sdx, uintptr_t stream) {
+  const TapProblem p = tap_problem(device, dtype, sizes, x, sx, 0.0);
+  check_strides("grad_x", sdx);
+  check_ptr("tau", tau);
+  check_ptr("count", count);
+  check_ptr("grad_out", grad_out);
+  check_ptr("grad_x", grad_x);
+  py::gil_scoped_release release;
+  if (device == 0) {
+    thresholded_avg_pool2d_backward_cpu(static_cast<DType>(dtype), p, reinterpret_cast<const void*>(x),
+                                        reinterpret_cast<const void*>(tau), reinterpret_cast<const void*>(count),
+                                        reinterpret_cast<const void*>(grad_out), reinterpret_cast<void*>(grad_x),
+                                        view_of(sdx));
+  } else {
+#ifdef CAMFAST_WITH_CUDA
+    thresholded_avg_pool2d_backward_cuda(static_cast<DType>(dtype), p, reinterpret_cast<const void*>(x),
+                                         reinterpret_cast<const void*>(tau), reinterpret_cast<const void*>(count),
+                                         reinterpret_cast<const void*>(grad_out), reinterpret_cast<void*>(grad_x),
+                                         view_of(sdx), device_index, reinterpret_cast<void*>(stream));
+#else
+    (void)device_index;
+    (void)stream;
+#endif
+  }
+}
+
+// ---- box_filter / guided_filter: sizes, radius, raw pointers and element strides ----
+void bf_run(int device, int device_index, int dtype, bool backward, Sizes4 sizes, int64_t radius, uintptr_t x,
+            Sizes4 sx, uintptr_t out, Sizes4 so, uintptr_t ws, uintptr_t stream) {
+  check_common(device, dtype, 0, sizes);
+  require(radius >= 0, "camfast._C: radius must be non-negative");
+  check_strides("x", sx);
+  check_strides("out", so);
+  check_ptr("x", x);
+  check_ptr("out", out);
+  const BoxProblem p{sizes[0], sizes[1], sizes[2], sizes[3], radius};
+  py::gil_scoped_release release;
+  if (device == 0) {
+    (void)ws;
+    box_filter_cpu(static_cast<DType>(dtype), p, backward, reinterpret_cast<const void*>(x), view_of(sx),
+                   reinterpret_cast<void*>(out), view_of(so));
+  } else {
+#ifdef CAMFAST_WITH_CUDA
+    box_filter_cuda(static_cast<DType>(dtype), p, backward, reinterpret_cast<const void*>(x), view_of(sx),
+                    reinterpret_cast<void*>(out), view_of(so), reinterpret_cast<void*>(ws), device_index,
+                    reinterpret_cast<void*>(stream));
+#else
+    (void)device_index;
+    (void)stream;
+#endif
+  }
+}
+
+void gf_run(int device, int dtype, std::array<int64_t, 5> sizes, int64_t radius, double eps, int border,
+            bool adjoint, bool coeffs_out, uintptr_t guide, Sizes4 sg, uintptr_t src, Sizes4 ss, uintptr_t out,
+            Sizes4 so) {
+  require(device == 0, "camfast._C: guided_filter has CPU kernels only");
+  require(dtype >= 0 && dtype <= 3, "camfast._C: unknown dtype code " + std::to_string(dtype));
+  for (int i = 0; i < 5; ++i) require(sizes[i] > 0, "camfast._C: every size must be positive");
+  require(sizes[1] == 1 || sizes[1] == 3, "camfast._C: the guide must have 1 or 3 channels");
+  require(radius >= 0, "camfast._C: radius must be non-negative");
+  require(eps > 0, "camfast._C: eps must be positive");
+  require(border == 0 || border == 1, "camfast._C: unknown border code");
+  require(border == 0 || (radius < sizes[3] && radius < sizes[4]),
+          "camfast._C: reflect border needs radius < H and radius < W");
+  require(!(adjoint && border != 0), "camfast._C: the adjoint is defined for the truncate border only");
+  check_strides("guide", sg);
+  check_strides("src", ss);
+  check_strides("out", so);
+  check_ptr("guide", guide);
+  check_ptr("src", src);
+  check_ptr("out", out);
+  const GfProblem p{sizes[0], sizes[1], sizes[2], sizes[3], sizes[4], radius, eps,
+                    static_cast<BoxBorder>(border), adjoint, coeffs_out};
+  py::gil_scoped_release release;
+  guided_filter_cpu(static_cast<DType>(dtype), p, reinterpret_cast<const void*>(guide), view_of(sg),
+                    reinterpret_cast<const void*>(src), view_of(ss), reinterpret_cast<void*>(out), view_of(so));
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -252,4 +368,16 @@ PYBIND11_MODULE(_C, m) {
         py::arg("dtype"), py::arg("reduce"), py::arg("normalize"), py::arg("sizes"), py::arg("maps"),
         py::arg("map_sizes"), py::arg("map_strides"), py::arg("weights"), py::arg("grad_out"), py::arg("grads"),
         py::arg("grad_strides"), py::arg("workspace"), py::arg("stream"));
+  m.def("thresholded_avg_pool2d_forward", &tap_forward, py::arg("device"), py::arg("device_index"),
+        py::arg("dtype"), py::arg("sizes"), py::arg("x"), py::arg("x_strides"), py::arg("theta"),
+        py::arg("pooled"), py::arg("tau"), py::arg("count"), py::arg("stream"));
+  m.def("thresholded_avg_pool2d_backward", &tap_backward, py::arg("device"), py::arg("device_index"),
+        py::arg("dtype"), py::arg("sizes"), py::arg("x"), py::arg("x_strides"), py::arg("tau"), py::arg("count"),
+        py::arg("grad_out"), py::arg("grad_x"), py::arg("grad_x_strides"), py::arg("stream"));
+  m.def("box_filter", &bf_run, py::arg("device"), py::arg("device_index"), py::arg("dtype"), py::arg("backward"),
+        py::arg("sizes"), py::arg("radius"), py::arg("x"), py::arg("x_strides"), py::arg("out"),
+        py::arg("out_strides"), py::arg("workspace"), py::arg("stream"));
+  m.def("guided_filter", &gf_run, py::arg("device"), py::arg("dtype"), py::arg("sizes"), py::arg("radius"),
+        py::arg("eps"), py::arg("border"), py::arg("adjoint"), py::arg("coeffs_out"), py::arg("guide"),
+        py::arg("guide_strides"), py::arg("src"), py::arg("src_strides"), py::arg("out"), py::arg("out_strides"));
 }

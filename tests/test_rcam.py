@@ -108,3 +108,31 @@ def test_crf_bad_input():
         crf.refine(img[..., :2], prob)
     with pytest.raises(TypeError, match="numpy array or a torch tensor"):
         crf.refine([[1]], prob)
+
+
+def test_rcam_pipeline_stages():
+    from models import resnet_like, seeded
+
+    import camfast
+    from camfast.rcam import rcam
+
+    model = seeded(resnet_like)
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    res = rcam(model, x, crf=False, return_intermediates=True)
+    # resnet_like on 64x64: features 8x8 (stride 8, also the shape layer) -> S1 8x8, S2 16x16
+    assert res.cam1.shape == (2, 8, 8) and res.cam2.shape == (2, 16, 16)
+    assert res.rcam1.shape == (2, 16, 16) and res.rcam2.shape == (2, 16, 16)
+    assert res.rcam3.shape == (2, 64, 64) and torch.equal(res.cam, res.rcam3)
+    assert float(res.rcam3.min()) >= 0 and float(res.rcam3.max()) == pytest.approx(1.0, abs=1e-6)
+    assert torch.equal(res.targets, model(x).argmax(1))
+    # CAM1 is the classifier-weight CAM of camfast.cam at feature resolution
+    plain = camfast.cam(model, x, target=res.targets, return_layers=True)
+    torch.testing.assert_close(res.cam1, plain.layer_maps["avgpool"])
+    assert all(isinstance(r, int) and r >= 1 for step in res.radii for r in step)
+    again = rcam(model, x, crf=False)
+    assert torch.equal(again, res.rcam3)
+    if pytest.importorskip("pydensecrf"):
+        refined = rcam(model, x, crf=True)
+        assert refined.shape == (2, 64, 64) and float(refined.min()) >= 0 and float(refined.max()) <= 1
+    with pytest.raises(ValueError, match="scales must be"):
+        rcam(model, x, scales=(1, 1))

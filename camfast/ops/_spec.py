@@ -12,3 +12,6 @@ UA_EPS = 1e-7
 #: Most layers one call takes: the CUDA kernels receive the layer table as a kernel
 #: argument (4 KiB limit), and Triton specialises on the number of layers.
 UA_MAX_LAYERS = 64
+
+# camfast::guided_filter borders; codes match BoxBorder in csrc/box_filter.h.
+GF_BORDERS = {"truncate": 0, "reflect": 1}

@@ -86,3 +86,25 @@ def check_size2(name: str, size: object) -> tuple[int, int]:
     if not all(s > 0 for s in size):
         raise ValueError(f"{name} must be a pair of positive ints (H, W), got {tuple(size)!r}")
     return size[0], size[1]
+
+
+def check_int(name: str, value: object, minimum: int) -> int:
+    """A Python int (or integer scalar, never a bool) ``>= minimum``."""
+    if isinstance(value, bool) or not hasattr(value, "__index__"):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    value = value.__index__()
+    if value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value}")
+    return value
+
+
+def check_positive_float(name: str, value: object) -> float:
+    """A finite real number ``> 0``."""
+    import math
+
+    if isinstance(value, bool) or not isinstance(value, (int, float)) and not hasattr(value, "__float__"):
+        raise TypeError(f"{name} must be a float, got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a finite float > 0, got {value}")
+    return value
