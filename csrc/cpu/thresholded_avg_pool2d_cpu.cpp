@@ -89,15 +89,19 @@ void forward_impl(const TapProblem& p, const T* x, T* pooled, Acc<T>* tau, Acc<T
         for (int64_t i = 0; i < HW; ++i) {
           const A v = load(xp + i);
           const bool k = v > t;
-          s += k ? v : A(0);
-          n += k ? A(1) : A(0);
+          // selects into locals first: GCC vectorises them only this way
+          const A kv = k ? v : A(0), kn = k ? A(1) : A(0);
+          s += kv;
+          n += kn;
         }
       } else {
         for (int64_t i = 0; i < HW; ++i) {
           const A v = load(xp + i * ps);
           const bool k = v > t;
-          s += k ? v : A(0);
-          n += k ? A(1) : A(0);
+          // selects into locals first: GCC vectorises them only this way
+          const A kv = k ? v : A(0), kn = k ? A(1) : A(0);
+          s += kv;
+          n += kn;
         }
       }
       n = std::max(n, A(1));
@@ -143,15 +147,17 @@ void forward_impl(const TapProblem& p, const T* x, T* pooled, Acc<T>* tau, Acc<T
           for (int64_t j = 0; j < nc; ++j) {
             const A v = load(xp + j);
             const bool k = v > t[j];
-            s[j] += k ? v : A(0);
-            n[j] += k ? A(1) : A(0);
+            const A kv = k ? v : A(0), kn = k ? A(1) : A(0);
+            s[j] += kv;
+            n[j] += kn;
           }
         } else {
           for (int64_t j = 0; j < nc; ++j) {
             const A v = load(xp + j * sc);
             const bool k = v > t[j];
-            s[j] += k ? v : A(0);
-            n[j] += k ? A(1) : A(0);
+            const A kv = k ? v : A(0), kn = k ? A(1) : A(0);
+            s[j] += kv;
+            n[j] += kn;
           }
         }
       }
