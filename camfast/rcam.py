@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from camfast.layers import resolve_layers
+from camfast.localization import normalize
 from camfast.methods import _check_input, _classifier, _logits, _score
 
 __all__ = ["RCAMResult", "pca_guide", "rcam", "variogram_radius"]
@@ -141,12 +142,6 @@ class RCAMResult(NamedTuple):
     targets: Tensor      # class index per image (top class of I1 unless given)
 
 
-def _minmax(m: Tensor) -> Tensor:
-    lo = m.amin(dim=(-2, -1), keepdim=True)
-    hi = m.amax(dim=(-2, -1), keepdim=True)
-    return torch.where(hi - lo > 0, (m - lo) / (hi - lo + 1e-12), torch.zeros_like(m))
-
-
 def _stride8_layer(model: nn.Module, sizes: dict[str, tuple[int, int]], H: int) -> str:
     want = math.ceil(H / 8)
     candidates = [n for n, s in sizes.items() if s[0] == want]
@@ -248,10 +243,10 @@ def rcam(model: nn.Module, x: Tensor, target=None, scales: Sequence[float] = (1,
     s1, s2 = pca_guide(shape1.float()), pca_guide(shape2.float())
 
     radii: list[list[int]] = []
-    rcam1 = _guided_up(_minmax(cam1), [s1, s2], eps, radii)
-    rcam2 = _guided_up(_minmax(cam2), [s2], eps, radii)
+    rcam1 = _guided_up(normalize(cam1), [s1, s2], eps, radii)
+    rcam2 = _guided_up(normalize(cam2), [s2], eps, radii)
     up = lambda m: F.interpolate(m[:, None], size=(H, W), mode="bilinear", align_corners=False)[:, 0]  # noqa: E731
-    rcam3 = _minmax(up(rcam1) * p1[:, None, None] + up(rcam2) * p2[:, None, None]).clamp(0, 1)
+    rcam3 = normalize(up(rcam1) * p1[:, None, None] + up(rcam2) * p2[:, None, None])
 
     out = rcam3
     if crf:

@@ -29,13 +29,8 @@ void box_typed(const BoxProblem& p, bool backward, const T* x, View4 sx, T* out,
   {
     std::vector<A> row(static_cast<size_t>(L));
     std::vector<double> s(static_cast<size_t>(C));
-#ifdef _OPENMP
-    const int tid = omp_get_thread_num(), nt = omp_get_num_threads();
-#else
-    const int tid = 0, nt = 1;
-#endif
     int64_t x0, x1;
-    chunk(W, tid, nt, x0, x1);
+    thread_chunk(W, x0, x1);
     std::vector<double> cs(static_cast<size_t>((x1 - x0) * C));
     for (int64_t b = 0; b < p.B; ++b) {
 #pragma omp for schedule(static)

@@ -112,6 +112,16 @@ inline void chunk(int64_t W, int t, int nt, int64_t& x0, int64_t& x1) {
   x1 = W * (t + 1) / nt;
 }
 
+// The calling OpenMP thread's column chunk [x0, x1) of W pixels (all of them outside a
+// parallel region or without OpenMP).
+inline void thread_chunk(int64_t W, int64_t& x0, int64_t& x1) {
+#ifdef _OPENMP
+  chunk(W, omp_get_thread_num(), omp_get_num_threads(), x0, x1);
+#else
+  chunk(W, 0, 1, x0, x1);
+#endif
+}
+
 template <typename T> inline T store_double(double v) { return from_float<T>(static_cast<float>(v)); }
 template <> inline double store_double<double>(double v) { return v; }
 

@@ -20,5 +20,13 @@ inline int num_threads() {
 
 template <typename T> using Acc = typename acc_type<T>::type;
 
+// Pixel stride of a view whose (h, w) axes collapse into one run, or -1.
+inline int64_t flat_pixel_stride(const View4& v, int64_t H, int64_t W) {
+  if (H * W <= 1) return 1;
+  if (W == 1) return v.sh;
+  if (H == 1) return v.sw;
+  return v.sh == v.sw * W ? v.sw : -1;
+}
+
 }  // namespace cpu_detail
 }  // namespace camfast

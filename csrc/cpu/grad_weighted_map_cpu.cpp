@@ -43,14 +43,6 @@ template <GwmMode M, typename A> inline A dweight_of(A g) {
   return A(1);
 }
 
-// Pixel stride of a view whose (h, w) axes collapse into one run, or -1.
-inline int64_t flat_pixel_stride(const View4& v, int64_t H, int64_t W) {
-  if (H * W <= 1) return 1;
-  if (W == 1) return v.sh;
-  if (H == 1) return v.sw;
-  return v.sh == v.sw * W ? v.sw : -1;
-}
-
 // Large outputs are fresh, untouched allocations (torch.empty_like): first-touch page faults
 // on 4 KiB pages cost as much as the kernel itself (about 20 ms per 100 MB here). Asking for
 // transparent huge pages before the first write cuts that by about 3x. Advisory only: it

@@ -42,13 +42,8 @@ void gf_typed(const GfProblem& p, const T* g, View4 sg, const T* src, View4 ss, 
   {
     std::vector<A> row(static_cast<size_t>(L));
     std::vector<double> s(static_cast<size_t>(K));
-#ifdef _OPENMP
-    const int tid = omp_get_thread_num(), nt = omp_get_num_threads();
-#else
-    const int tid = 0, nt = 1;
-#endif
     int64_t x0, x1;
-    chunk(W, tid, nt, x0, x1);
+    thread_chunk(W, x0, x1);
     std::vector<double> cs(static_cast<size_t>((x1 - x0) * K));
     for (int64_t b = 0; b < p.B; ++b) {
       // ---- 1. products and their horizontal sums

@@ -26,14 +26,6 @@ using namespace cpu_detail;
 
 template <typename T> inline Acc<T> load(const T* p) { return static_cast<Acc<T>>(to_float(*p)); }
 
-// Pixel stride of a view whose (h, w) axes collapse into one run, or -1.
-inline int64_t flat_pixel_stride(const View4& v, int64_t H, int64_t W) {
-  if (H * W <= 1) return 1;
-  if (W == 1) return v.sh;
-  if (H == 1) return v.sw;
-  return v.sh == v.sw * W ? v.sw : -1;
-}
-
 inline bool planar_view(const View4& v, int64_t C, int64_t H, int64_t W, int64_t* ps) {
   *ps = flat_pixel_stride(v, H, W);
   return *ps > 0 && (C == 1 || *ps <= std::abs(v.sc));
