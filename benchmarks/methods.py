@@ -52,10 +52,13 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+# the torchvision import workaround shared with the tests (tests/torchvision_shim.py)
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 import torch  # noqa: E402
 
 import harness  # noqa: E402
+from torchvision_shim import import_torchvision  # noqa: E402
 
 OP = "methods"
 DEFAULT_MODELS = ("resnet50", "vgg16")
@@ -94,28 +97,6 @@ LIMITS = ("limit", "limit-after")
 
 
 # =========================================================================== worker (one process)
-
-_TORCHVISION_LIB = None  # keeps the stand-in torchvision op schemas alive
-
-
-def import_torchvision() -> Any:
-    """``import torchvision``; where its compiled ops do not match this torch build (a CPU
-    torch next to a torchvision wheel built for another), define the two op schemas its
-    Python code registers fakes for, so the import (and pytorch-grad-cam's) succeeds."""
-    global _TORCHVISION_LIB
-    try:
-        import torchvision
-    except RuntimeError as exc:
-        if "torchvision::nms" not in str(exc):
-            raise
-        for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
-            del sys.modules[name]
-        _TORCHVISION_LIB = torch.library.Library("torchvision", "DEF")
-        _TORCHVISION_LIB.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-        _TORCHVISION_LIB.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-        import torchvision
-    return torchvision
-
 
 def build_model(name: str) -> torch.nn.Module:
     torchvision = import_torchvision()

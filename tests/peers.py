@@ -1,42 +1,23 @@
 """Import the peer libraries the compatibility tests compare against, or skip.
 
-torchvision (which pytorch-grad-cam and torchcam import) registers its C++ operators at
-import; a torchvision wheel built against another torch than the one installed fails with
-``RuntimeError: operator torchvision::nms does not exist``. The tests need none of those
-operators, so in that case (and only then) ``nms``/``qnms`` are declared here as schemas
-without kernels before importing torchvision again. The library object is kept alive at
-module level: dropping it would remove the declarations.
+torchvision (which pytorch-grad-cam and torchcam import) is imported through
+``torchvision_shim``, which works around a torchvision wheel built for another torch.
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
-import sys
 
 import pytest
-import torch
-
-_torchvision_shim: torch.library.Library | None = None
+from torchvision_shim import import_torchvision
 
 
 def _import_torchvision():
-    global _torchvision_shim
     try:
-        return importlib.import_module("torchvision")
+        return import_torchvision()
     except ImportError:
         pytest.skip("torchvision is not installed")
-    except RuntimeError as err:
-        if "torchvision::nms" not in str(err) or _torchvision_shim is not None:
-            raise
-    # The failed import left partly initialised modules behind; drop them and retry.
-    for name in [n for n in sys.modules if n == "torchvision" or n.startswith("torchvision.")]:
-        del sys.modules[name]
-    lib = torch.library.Library("torchvision", "DEF")
-    lib.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-    lib.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-    _torchvision_shim = lib
-    return importlib.import_module("torchvision")
 
 
 def torchvision():
