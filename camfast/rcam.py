@@ -188,7 +188,8 @@ def _guided_up(cam: Tensor, guides: Sequence[Tensor], eps: float, radii_log: lis
 
 def rcam(model: nn.Module, x: Tensor, target=None, scales: Sequence[float] = (1, 2), crf: bool = True,
          shape_layer: str | nn.Module | None = None, *, eps: float = 1e-3, image: Any = None,
-         crf_iters: int = 5, output_fn=None, return_intermediates: bool = False):
+         crf_iters: int = 5, output_fn=None, return_intermediates: bool = False,
+         crf_workers: int | None = None):
     """High-resolution CAM (rCAM) of the top class of ``x`` (the rCAM paper's pipeline).
 
     Args:
@@ -204,6 +205,8 @@ def rcam(model: nn.Module, x: Tensor, target=None, scales: Sequence[float] = (1,
         image: uint8 RGB ``(B, H, W, 3)`` for the CRF's bilateral term; default: ``x``
             min-max scaled per image to 0..255.
         crf_iters: CRF mean-field iterations.
+        crf_workers: processes for the batch's CRF (:func:`camfast.crf.refine`'s ``workers``: default
+            one per image up to the CPU count; 1 runs in this process, cheaper for small images).
         return_intermediates: return an :class:`RCAMResult` with every stage.
 
     Returns:
@@ -256,7 +259,8 @@ def rcam(model: nn.Module, x: Tensor, target=None, scales: Sequence[float] = (1,
             xf = x.detach().float()
             lo, hi = xf.amin(dim=(1, 2, 3), keepdim=True), xf.amax(dim=(1, 2, 3), keepdim=True)
             image = ((xf - lo) / (hi - lo + 1e-12) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-        refined = crf_module.refine(image if image.ndim == 4 else image[None], rcam3.cpu().numpy(), iters=crf_iters)
+        refined = crf_module.refine(image if image.ndim == 4 else image[None], rcam3.cpu().numpy(), iters=crf_iters,
+                                     workers=crf_workers)
         out = torch.from_numpy(refined).to(x.device)
     if return_intermediates:
         return RCAMResult(out, cam1, cam2, rcam1, rcam2, rcam3, radii, idx)

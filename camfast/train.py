@@ -1,30 +1,37 @@
 """A small CPU training that compares GAP, TAP and Puzzle-CAM classifiers for WSOL.
 
-``python -m camfast.train`` trains, on the same synthetic data and with the same budget
-(epochs, batch size, optimiser, learning rate):
+``python -m camfast.train`` trains, on the same data (:class:`camfast.datasets.SyntheticWSOL`)
+and with the same budget (epochs, batch size, Adam with a cosine-decayed learning rate, initial
+weights):
 
-* ``gap``: a tiny CNN, global average pooling, a linear classifier (the CAM baseline);
-* ``tap``: the same with :class:`camfast.nn.ThresholdedAvgPool2d` (Bae et al. 2020), skipped
-  with a message while ``camfast.nn`` is not available;
-* ``puzzle``: the same as ``gap`` trained with the Puzzle-CAM loss (Jo & Yu 2021).
+* ``gap``: a small CNN, global average pooling, a bias-free linear classifier (the CAM
+  baseline), cross-entropy loss;
+* ``tap``: the same with :class:`camfast.nn.ThresholdedAvgPool2d` (Bae et al. 2020),
+  cross-entropy loss;
+* ``puzzle``: the same network as ``gap`` trained with the Puzzle-CAM loss (Jo & Yu 2021:
+  multilabel soft margin on the full image and on the merged 2x2 tiles, plus
+  ``alpha * L1`` between the two class maps), :func:`camfast.puzzle.puzzle_step`.
 
 Each prints progress (iteration, loss, images/s), writes ``<out>/<method>.pt`` atomically
 (temporary file then ``os.replace``) after every epoch and, with ``--resume``, continues
-from it. At the end each model is scored on a held-out synthetic split: top-1 accuracy and
-GT-known localisation (IoU >= 0.5 between the CAM's box and the object's box; CAM with
-``camfast.cam``, boxes with ``camfast.boxes_from_cam``: MaS 0.2 for all, and PaS (q=90,
-0.35) with NWC for ``tap`` as the paper pairs them). ``--quick`` is a seconds-long smoke run.
+from it (a checkpoint made with another configuration is not resumed: training starts
+over, with a message). At the end each model is scored on the held-out split with
+:mod:`camfast.metrics` (:func:`evaluate`: top-1, GT-known localisation at the fixed CAM
+threshold, MaxBoxAccV2 and PxAP of its CAM; for ``tap`` also NWC + PaS as the paper
+pairs them). ``--quick`` is a seconds-long smoke run. The full benchmark table over every
+CAM method is ``camfast eval synthetic`` (:mod:`camfast.wsol`).
 
-The data (:class:`SyntheticWSOL`) is a stand-in until the evaluation issue brings real
-datasets: each image holds one grey rectangle (the object, whose box is the target) with
-a small coloured square inside it (the part whose colour decides the class) on a noisy
-background, so a classifier can succeed by looking at the part only: the failure mode
-TAP and Puzzle-CAM address.
+The network (:class:`TinyCAMNet`): ``stride=8`` (default, for 64x64 images) is four
+conv-BatchNorm-ReLU stages with three 2x2 max-pools, so the CAM is 8x8 and every stage is a
+layer for Zoom-CAM / LayerCAM and a stride-8 shape layer for rCAM; ``stride=4`` is the
+earlier three-pool-free variant for 32x32 images. BatchNorm is what lets the Puzzle-CAM
+classifier learn from scratch here: see ``README.md`` (section "Training-time methods").
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -35,68 +42,57 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from camfast._io import atomic_path
+from camfast.datasets import SyntheticWSOL
 from camfast.puzzle import PuzzleCAMLoss, puzzle_step
 
-__all__ = ["SyntheticWSOL", "TinyCAMNet", "TrainConfig", "evaluate", "main", "train"]
+__all__ = ["METHODS", "TinyCAMNet", "TrainConfig", "TrainResult", "build_model", "evaluate", "load_model_checkpoint",
+           "main", "make_data", "train"]
 
 METHODS = ("gap", "tap", "puzzle")
-# Part colours (RGB in [0, 1]) that decide the class; the object body is grey for all.
-_PART_COLOURS = torch.tensor([[1.0, 0.1, 0.1], [0.1, 1.0, 0.1], [0.1, 0.1, 1.0], [1.0, 1.0, 0.1],
-                              [1.0, 0.1, 1.0], [0.1, 1.0, 1.0]])
-
-
-class SyntheticWSOL:
-    """A deterministic synthetic WSOL set: ``images (N, 3, S, S)``, ``labels (N,)``, ``boxes (N, 4)``.
-
-    Boxes are inclusive pixel coordinates ``(x0, y0, x1, y1)`` of the object rectangle.
-    The same ``seed`` always gives the same data.
-    """
-
-    def __init__(self, n: int, size: int = 32, num_classes: int = 4, seed: int = 0) -> None:
-        if not 2 <= num_classes <= len(_PART_COLOURS):
-            raise ValueError(f"num_classes must be in [2, {len(_PART_COLOURS)}], got {num_classes}")
-        if size < 16:
-            raise ValueError(f"size must be >= 16, got {size}")
-        g = torch.Generator().manual_seed(seed)
-        self.num_classes = num_classes
-        self.labels = torch.randint(num_classes, (n,), generator=g)
-        images = 0.25 + 0.1 * torch.randn(n, 3, size, size, generator=g)
-        boxes = torch.empty(n, 4, dtype=torch.int64)
-        part = max(2, size // 8)
-        for i in range(n):
-            h = int(torch.randint(size // 3, size // 2 + 4, (1,), generator=g))
-            w = int(torch.randint(size // 3, size // 2 + 4, (1,), generator=g))
-            y0 = int(torch.randint(0, size - h + 1, (1,), generator=g))
-            x0 = int(torch.randint(0, size - w + 1, (1,), generator=g))
-            images[i, :, y0:y0 + h, x0:x0 + w] = 0.6 + 0.05 * torch.randn(3, h, w, generator=g)
-            py = y0 + int(torch.randint(0, h - part + 1, (1,), generator=g))
-            px = x0 + int(torch.randint(0, w - part + 1, (1,), generator=g))
-            images[i, :, py:py + part, px:px + part] = _PART_COLOURS[self.labels[i], :, None, None]
-            boxes[i] = torch.tensor([x0, y0, x0 + w - 1, y0 + h - 1])
-        self.images = images.clamp_(0, 1)
-        self.boxes = boxes
-
-    def __len__(self) -> int:
-        return int(self.labels.shape[0])
+# config keys that do not change what is trained (a checkpoint made under other values is resumable)
+_RUN_ONLY_KEYS = ("log_every", "max_iterations")
 
 
 class TinyCAMNet(nn.Module):
-    """A small CNN (stride 4) then global pooling then a bias-free linear classifier.
+    """A small CNN, then global pooling, then a bias-free linear classifier.
 
-    ``forward`` returns logits ``(B, K)``; :meth:`class_maps` the maps ``(B, K, h, w)``
+    ``forward`` returns logits ``(B, K)``; :meth:`class_maps` the class maps ``(B, K, h, w)``
     (``F = W * features``, a 1x1 convolution with the classifier's weight, so ``GAP(F)``
-    equals the logits when ``pool`` is average pooling). ``pool`` is any module mapping
-    ``(B, C, h, w)`` to ``(B, C)`` or ``(B, C, 1, 1)``.
+    equals the logits when ``pool`` is average pooling: the Puzzle-CAM model contract).
+
+    Args:
+        num_classes: ``K``.
+        pool: any module mapping ``(B, C, h, w)`` to ``(B, C)`` or ``(B, C, 1, 1)``; default
+            ``nn.AdaptiveAvgPool2d(1)`` (GAP).
+        width: channels of the middle stages (the last has ``2 * width``).
+        stride: 8 (four conv stages, three max-pools: ``H/8`` maps) or 4 (two max-pools).
+        batch_norm: a BatchNorm after every convolution (then the convolutions have no bias).
     """
 
-    def __init__(self, num_classes: int, pool: nn.Module | None = None, width: int = 32) -> None:
+    def __init__(self, num_classes: int, pool: nn.Module | None = None, width: int = 32, stride: int = 8,
+                 batch_norm: bool = True) -> None:
         super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(3, width // 2, 3, padding=1), nn.ReLU(inplace=True),
-            nn.Conv2d(width // 2, width, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
-            nn.Conv2d(width, width, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
-            nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(inplace=True),
-        )
+        if stride not in (4, 8):
+            raise ValueError(f"stride must be 4 or 8, got {stride!r}")
+        if isinstance(width, bool) or not isinstance(width, int) or width < 2:
+            raise ValueError(f"width must be an int >= 2, got {width!r}")
+
+        def stage(cin: int, cout: int) -> list[nn.Module]:
+            layers: list[nn.Module] = [nn.Conv2d(cin, cout, 3, padding=1, bias=not batch_norm)]
+            if batch_norm:
+                layers.append(nn.BatchNorm2d(cout))
+            return layers + [nn.ReLU(inplace=True)]
+
+        w = width
+        if stride == 8:
+            layers = [*stage(3, w // 2), nn.MaxPool2d(2), *stage(w // 2, w), nn.MaxPool2d(2),
+                      *stage(w, 2 * w), nn.MaxPool2d(2), *stage(2 * w, 2 * w)]
+        else:
+            layers = [*stage(3, w // 2), *stage(w // 2, w), nn.MaxPool2d(2), *stage(w, w), nn.MaxPool2d(2),
+                      *stage(w, 2 * w)]
+        self.stride = stride
+        self.features = nn.Sequential(*layers)
         self.pool = pool if pool is not None else nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(2 * width, num_classes, bias=False)
 
@@ -107,8 +103,8 @@ class TinyCAMNet(nn.Module):
         return torch.einsum("bchw,kc->bkhw", self.features(x), self.fc.weight)
 
 
-class _Maps(nn.Module):
-    """Adapter: ``model(x)`` returns class maps (the :func:`camfast.puzzle.puzzle_step` contract)."""
+class ClassMaps(nn.Module):
+    """Adapter: ``model(x)`` returns ``net.class_maps(x)`` (the :mod:`camfast.puzzle` contract)."""
 
     def __init__(self, net: TinyCAMNet) -> None:
         super().__init__()
@@ -118,31 +114,36 @@ class _Maps(nn.Module):
         return self.net.class_maps(x)
 
 
-def _tap_pool(theta: float) -> nn.Module | None:
-    try:
-        from camfast.nn import ThresholdedAvgPool2d  # type: ignore[attr-defined]
-    except ImportError:
-        return None
-    return ThresholdedAvgPool2d(theta)
-
-
 @dataclass
 class TrainConfig:
-    """The shared budget: every method gets the same data, epochs, batch size and optimiser."""
+    """The shared budget and data: every method gets the same data, epochs, batch size and optimiser."""
 
     epochs: int = 4
     n_train: int = 2048
     n_val: int = 512
-    size: int = 32
-    num_classes: int = 4
+    size: int = 64
+    num_classes: int = 6
     batch_size: int = 32
     lr: float = 3e-3
     width: int = 32
+    stride: int = 8
+    batch_norm: bool = True
     seed: int = 0
     tap_theta: float = 0.1
     puzzle_alpha_max: float = 4.0
     log_every: int = 20
     max_iterations: int | None = None  # stop early (smoke runs); the schedule still uses the full length
+
+    @classmethod
+    def quick(cls, **kw) -> "TrainConfig":
+        """A seconds-long smoke configuration (32x32, 64 images, width 8)."""
+        base = dict(epochs=2, n_train=64, n_val=32, size=32, batch_size=16, width=8, lr=1e-2, log_every=2)
+        base.update(kw)
+        return cls(**base)
+
+    def trained_keys(self) -> dict:
+        """The fields that decide what a checkpoint holds."""
+        return {k: v for k, v in asdict(self).items() if k not in _RUN_ONLY_KEYS}
 
 
 @dataclass
@@ -153,42 +154,66 @@ class TrainResult:
     losses: list[float] = field(default_factory=list)
     checkpoint: str = ""
     skipped: str = ""
+    seconds: float = 0.0          # spent training in this call
+    total_seconds: float | None = None  # all calls together (None: a checkpoint that does not record it)
 
 
-def _build(method: str, cfg: TrainConfig) -> TinyCAMNet | None:
-    torch.manual_seed(cfg.seed)  # same initial weights for every method
+def make_data(cfg: TrainConfig, split: str = "train") -> SyntheticWSOL:
+    """The synthetic set of ``cfg``: ``n_train`` images of the ``train`` split, or ``n_val`` of another."""
+    n = cfg.n_train if split == "train" else cfg.n_val
+    return SyntheticWSOL(n, size=cfg.size, seed=cfg.seed, num_classes=cfg.num_classes, split=split)
+
+
+def build_model(method: str, cfg: TrainConfig) -> TinyCAMNet:
+    """The untrained network of ``method`` (same initial weights for every method)."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(map(repr, METHODS))}; got {method!r}")
+    torch.manual_seed(cfg.seed)
+    pool = None
     if method == "tap":
-        pool = _tap_pool(cfg.tap_theta)
-        if pool is None:
-            return None
-        return TinyCAMNet(cfg.num_classes, pool, cfg.width)
-    return TinyCAMNet(cfg.num_classes, None, cfg.width)
+        from camfast.nn import ThresholdedAvgPool2d
+
+        pool = ThresholdedAvgPool2d(cfg.tap_theta)
+    return TinyCAMNet(cfg.num_classes, pool, cfg.width, cfg.stride, cfg.batch_norm)
+
+
+def load_model_checkpoint(method: str, cfg: TrainConfig, path: str | os.PathLike) -> TinyCAMNet:
+    """The trained network of ``method`` from its checkpoint, in eval mode."""
+    net = build_model(method, cfg)
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    net.load_state_dict(state["model"])
+    return net.eval()
 
 
 def _save_atomic(obj: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def train(method: str, cfg: TrainConfig, out_dir: str | os.PathLike, resume: bool = False,
           data: SyntheticWSOL | None = None, log=print) -> TrainResult:
     """Train one method; checkpoint ``<out_dir>/<method>.pt`` after each epoch (and at a stop).
 
-    With ``resume=True`` and a checkpoint present, the model, optimiser and iteration are
-    restored and training continues from the saved iteration (the data order of each epoch
-    depends only on the seed and the epoch, so a resumed run sees the same batches).
+    With ``resume=True`` and a checkpoint of the same configuration present, the model,
+    optimiser and iteration are restored and training continues from the saved iteration
+    (the data order of each epoch depends only on the seed and the epoch, so a resumed run
+    sees the same batches); a finished checkpoint returns at once. A checkpoint of another
+    configuration is ignored (training starts over and overwrites it).
+
+    Args:
+        method: ``"gap"``, ``"tap"`` or ``"puzzle"``.
+        cfg: the shared budget.
+        out_dir: the checkpoint folder.
+        resume: continue from the checkpoint.
+        data: the training set (anything with ``images (N, 3, S, S)`` and ``labels (N,)``);
+            default :func:`make_data` ``(cfg)``.
+        log: called with each progress line.
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(map(repr, METHODS))}; got {method!r}")
     ckpt_path = Path(out_dir) / f"{method}.pt"
-    net = _build(method, cfg)
-    if net is None:
-        msg = "camfast.nn.ThresholdedAvgPool2d is not available in this build: skipping 'tap'"
-        log(f"[{method}] {msg}")
-        return TrainResult(method, 0, 0, skipped=msg)
-    data = data if data is not None else SyntheticWSOL(cfg.n_train, cfg.size, cfg.num_classes, cfg.seed)
+    net = build_model(method, cfg)
+    data = data if data is not None else make_data(cfg)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     per_epoch = len(data) // cfg.batch_size
     if per_epoch == 0:
@@ -196,25 +221,36 @@ def train(method: str, cfg: TrainConfig, out_dir: str | os.PathLike, resume: boo
     total = per_epoch * cfg.epochs
     stop = total if cfg.max_iterations is None else min(total, cfg.max_iterations)
     it = 0
+    prior_seconds: float | None = 0.0
     if resume and ckpt_path.exists():
         state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         if state.get("method") != method:
             raise ValueError(f"{ckpt_path} holds method {state.get('method')!r}, not {method!r}")
-        net.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        it = int(state["iteration"])
-        log(f"[{method}] resumed from {ckpt_path} at iteration {it}/{total}")
+        saved = {k: v for k, v in state.get("config", {}).items() if k not in _RUN_ONLY_KEYS}
+        if saved != cfg.trained_keys():
+            diff = sorted(k for k in set(saved) | set(cfg.trained_keys()) if saved.get(k) != cfg.trained_keys().get(k))
+            log(f"[{method}] {ckpt_path} was made with another configuration ({', '.join(diff)} differ): "
+                "training from scratch")
+        else:
+            net.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            it = int(state["iteration"])
+            prior_seconds = state.get("seconds")
+            log(f"[{method}] resumed from {ckpt_path} at iteration {it}/{total}")
     start = it
     loss_fn = PuzzleCAMLoss(alpha_max=cfg.puzzle_alpha_max) if method == "puzzle" else None
-    maps_model = _Maps(net)
-    y1h = F.one_hot(data.labels, cfg.num_classes).float()
+    maps_model = ClassMaps(net)
+    images, labels = data.images, data.labels
+    y1h = F.one_hot(labels, cfg.num_classes).float()
     losses: list[float] = []
     net.train()
     t0, seen = time.perf_counter(), 0
 
     def checkpoint() -> None:
         _save_atomic({"method": method, "model": net.state_dict(), "optimizer": opt.state_dict(),
-                      "iteration": it, "config": asdict(cfg)}, ckpt_path)
+                      "iteration": it, "total": total, "config": asdict(cfg),
+                      "seconds": None if prior_seconds is None else prior_seconds + time.perf_counter() - t0},
+                     ckpt_path)
 
     while it < stop:
         epoch, offset = divmod(it, per_epoch)
@@ -223,7 +259,9 @@ def train(method: str, cfg: TrainConfig, out_dir: str | os.PathLike, resume: boo
             if it >= stop:
                 break
             idx = order[k * cfg.batch_size:(k + 1) * cfg.batch_size]
-            x, y = data.images[idx], data.labels[idx]
+            x, y = images[idx], labels[idx]
+            for group in opt.param_groups:  # cosine decay, a function of the iteration (resumes exactly)
+                group["lr"] = cfg.lr * 0.5 * (1 + math.cos(math.pi * it / total))
             if loss_fn is not None:
                 res = puzzle_step(maps_model, x, y1h[idx], loss_fn, it, total, optimizer=opt)
                 loss = float(res.total.detach())
@@ -244,35 +282,43 @@ def train(method: str, cfg: TrainConfig, out_dir: str | os.PathLike, resume: boo
                     f"{seen / max(dt, 1e-9):.0f} img/s")
         if it % per_epoch == 0 or it == stop:
             checkpoint()
+    if not ckpt_path.exists():  # resumed a finished run under a different path layout: keep one on disk
+        checkpoint()
     net.eval()
-    return TrainResult(method, start, it, losses, str(ckpt_path))
+    spent = time.perf_counter() - t0
+    return TrainResult(method, start, it, losses, str(ckpt_path), seconds=spent,
+                       total_seconds=None if prior_seconds is None else prior_seconds + spent)
 
 
-def _iou(a: Tensor, b: Tensor) -> float:
-    """IoU of inclusive boxes (the +1 pixel convention)."""
-    ix = min(int(a[2]), int(b[2])) - max(int(a[0]), int(b[0])) + 1
-    iy = min(int(a[3]), int(b[3])) - max(int(a[1]), int(b[1])) + 1
-    inter = max(ix, 0) * max(iy, 0)
-    area = lambda r: (int(r[2]) - int(r[0]) + 1) * (int(r[3]) - int(r[1]) + 1)  # noqa: E731
-    return inter / (area(a) + area(b) - inter)
+def evaluate(net: TinyCAMNet, data: SyntheticWSOL, threshold: float = 0.2, standard: str = "max", q: float = 90,
+             clamp_negative_weights: bool = False, batch_size: int = 128) -> dict[str, float]:
+    """Score the CAM of ``net`` on ``data`` with :mod:`camfast.metrics` (percent).
 
-
-def evaluate(net: TinyCAMNet, data: SyntheticWSOL, standard: str = "max", threshold: float = 0.2,
-             q: float = 90, clamp_negative_weights: bool = False, batch_size: int = 128) -> dict[str, float]:
-    """Top-1 accuracy and GT-known localisation accuracy (IoU >= 0.5) on ``data``."""
+    Returns ``top1`` (classification), ``gt_known_loc`` (IoU >= 0.5 at the fixed CAM
+    ``threshold``; ``standard="percentile"`` thresholds at ``threshold * P_q`` instead of
+    ``threshold * max``: PaS), ``max_box_acc_v2`` and ``pxap`` (both threshold-free).
+    """
     import camfast
-    from camfast.localization import boxes_from_cam
+    from camfast import metrics
 
+    if standard not in ("max", "percentile"):
+        raise ValueError(f"standard must be 'max' or 'percentile', got {standard!r}")
     net.eval()
-    correct = hits = 0
+    gt_known = metrics.GTKnownLoc(cam_threshold=threshold)
+    v2, pxap = metrics.MaxBoxAccV2(), metrics.PxAP()
+    correct = 0
     for s in range(0, len(data), batch_size):
-        x, y, gt = data.images[s:s + batch_size], data.labels[s:s + batch_size], data.boxes[s:s + batch_size]
+        x, y = data.images[s:s + batch_size], data.labels[s:s + batch_size]
+        boxes, masks = data.boxes[s:s + batch_size], data.masks[s:s + batch_size]
         with torch.no_grad():
             correct += int((net(x).argmax(1) == y).sum())
-        cams = camfast.cam(net, x, target=y, clamp_negative_weights=clamp_negative_weights)
-        for box, g in zip(boxes_from_cam(cams, threshold, standard=standard, q=q), gt):
-            hits += int(box.shape[0] > 0 and _iou(box[0], g) >= 0.5)
-    return {"top1": correct / len(data), "gt_known_loc": hits / len(data)}
+        cams = camfast.normalize(camfast.cam(net, x, target=y, clamp_negative_weights=clamp_negative_weights))
+        box_maps = cams if standard == "max" else camfast.normalize(cams, method="percentile", q=q)
+        gt_known.update(box_maps, boxes)
+        v2.update(cams, boxes)
+        pxap.update(cams, masks)
+    return {"top1": 100.0 * correct / len(data), "gt_known_loc": gt_known.compute(),
+            "max_box_acc_v2": v2.compute(), "pxap": pxap.compute()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -288,42 +334,38 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, help="torch.set_num_threads")
     p.add_argument("--no-eval", action="store_true", help="skip the held-out scoring")
     a = p.parse_args(argv)
-    cfg = TrainConfig(seed=a.seed)
-    if a.quick:
-        cfg = TrainConfig(epochs=2, n_train=64, n_val=32, batch_size=16, width=8, lr=1e-2, log_every=2, seed=a.seed)
+    cfg = TrainConfig.quick(seed=a.seed) if a.quick else TrainConfig(seed=a.seed)
     for name in ("epochs", "batch_size", "lr"):
-        if getattr(a, name) is not None:
-            setattr(cfg, name, getattr(a, name))
+        value = getattr(a, name)
+        if value is not None:
+            if value <= 0:
+                p.error(f"--{name.replace('_', '-')} must be positive, got {value}")
+            setattr(cfg, name, value)
     if a.threads:
         torch.set_num_threads(a.threads)
     methods = [m.strip() for m in a.methods.split(",") if m.strip()]
     bad = [m for m in methods if m not in METHODS]
-    if bad:
+    if bad or not methods:
         p.error(f"unknown method(s) {bad}; choose from {', '.join(METHODS)}")
-    data = SyntheticWSOL(cfg.n_train, cfg.size, cfg.num_classes, cfg.seed)
-    val = SyntheticWSOL(cfg.n_val, cfg.size, cfg.num_classes, cfg.seed + 10_000)
+    data, val = make_data(cfg, "train"), make_data(cfg, "val")
     rows = []
     for m in methods:
         t = time.perf_counter()
         res = train(m, cfg, a.out, resume=a.resume, data=data)
-        if res.skipped:
-            rows.append(f"{m:7s} skipped ({res.skipped})")
-            continue
         line = f"{m:7s} {res.iteration} it in {time.perf_counter() - t:.1f} s"
         if not a.no_eval:
-            net = _build(m, cfg)
-            assert net is not None
-            net.load_state_dict(torch.load(res.checkpoint, map_location="cpu", weights_only=False)["model"])
+            net = load_model_checkpoint(m, cfg, res.checkpoint)
             try:
                 mas = evaluate(net, val)
-                line += f"  top1 {mas['top1']:.3f}  GT-known loc (MaS 0.2) {mas['gt_known_loc']:.3f}"
-                pas = evaluate(net, val, standard="percentile", threshold=0.35, q=90,
-                               clamp_negative_weights=(m == "tap"))
-                line += f"  (PaS 0.35{'+NWC' if m == 'tap' else ''}) {pas['gt_known_loc']:.3f}"
+                line += (f"  top1 {mas['top1']:.1f}  GT-known loc (MaS 0.2) {mas['gt_known_loc']:.1f}"
+                         f"  MaxBoxAccV2 {mas['max_box_acc_v2']:.1f}  PxAP {mas['pxap']:.1f}")
+                if m == "tap":
+                    pas = evaluate(net, val, threshold=0.35, standard="percentile", clamp_negative_weights=True)
+                    line += f"  (GT-known loc with NWC + PaS 0.35: {pas['gt_known_loc']:.1f})"
             except ImportError as e:
                 line += f"  (no localisation score: {e})"
         rows.append(line)
-    print("\n".join(["", "summary:"] + rows))
+    print("\n".join(["", "summary (held-out split, percent):"] + rows))
     return 0
 
 

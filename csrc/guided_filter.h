@@ -3,9 +3,11 @@
 // or Reflect). Per pixel, with mu = mean(I), Sigma = mean(I I^T) - mu mu^T:
 //   a_c = (Sigma + eps Id)^-1 (mean(I p_c) - mu mean(p_c)),  b_c = mean(p_c) - a_c^T mu
 //   q_c = mean(a_c)^T I + mean(b_c)
-// The 3x3 system is solved per pixel in closed form (adjugate / determinant, double), inside
-// the column pass: no per-pixel matrix is stored. Working set per image: the horizontal box
-// sums of the K = G(G+3)/2 + (G+1) C products in the accumulator type, channels innermost.
+// The 3x3 system is solved per pixel in closed form (adjugate / determinant, double) as the
+// vertical box sums of a row complete: no per-pixel matrix is stored. The CPU kernel streams
+// each (image, row stripe) through rings of 2r+2 rows (the horizontal box sums of the
+// K = G(G+3)/2 + (G+1) C products, then of the (G+1) C coefficients, in the accumulator
+// type): no image-sized buffer, O(1) per pixel whatever the radius.
 //
 // adjoint=true (Truncate only) computes q = N * GF(I, p / N), with N the per-pixel window
 // count: the guided filter's matrix is W_ij = (1/N_i) sum_k (1/N_k) K_k(i,j) with K_k

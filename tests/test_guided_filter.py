@@ -193,3 +193,23 @@ def test_native_backend_is_native_on_cpu():
         from camfast.ops.native import guided_filter as nat
         out = nat._kernel(g, s, 2, 0.1, "truncate", False, False)
     assert_close(out, ref.forward(g, s, 2, 0.1, 1, "truncate"), torch.float64, "kernel")
+
+
+@pytest.mark.parametrize("G", [1, 3])
+@pytest.mark.parametrize("border", ["truncate", "reflect"])
+def test_native_row_stripes(G, border):
+    """Fewer images than threads: the native kernel splits each image into row stripes that
+    recompute up to 2r rows of halo; every stripe seam must match the reference."""
+    from camfast import _ext
+    if _ext.native is None:
+        pytest.skip("camfast._C not built")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(4)
+    try:
+        for r, H in ((1, 70), (3, 97), (8, 130)):
+            g, s = make_inputs(1, G, 2, H, 11, torch.float64, "cpu", seed=r)
+            with use_backend("native"):
+                out = guided_filter(g, s, r, 0.05, 1, border)
+            assert_close(out, ref.forward(g, s, r, 0.05, 1, border), torch.float64, f"r={r} H={H}")
+    finally:
+        torch.set_num_threads(threads)

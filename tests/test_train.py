@@ -1,51 +1,81 @@
-"""camfast.train: the GAP / TAP / Puzzle-CAM training entry runs, lowers the loss and resumes."""
+"""camfast.train: the GAP / TAP / Puzzle-CAM training entry runs, lowers the loss, resumes, and
+the Puzzle-CAM classifier learns as well as the GAP baseline under the same budget."""
 
 from __future__ import annotations
 
+import math
+
+import pytest
 import torch
 
+import camfast
 from camfast import train as T
+from camfast.datasets import SyntheticWSOL
 
 
 def _cfg(**kw):
-    base = dict(epochs=3, n_train=48, n_val=16, batch_size=16, width=8, lr=1e-2, log_every=100)
-    base.update(kw)
-    return T.TrainConfig(**base)
+    return T.TrainConfig.quick(**{"epochs": 3, "n_train": 48, "n_val": 16, "log_every": 100, **kw})
 
 
-def test_synthetic_data_is_deterministic_and_boxes_hold_the_object():
-    a, b = T.SyntheticWSOL(8, seed=3), T.SyntheticWSOL(8, seed=3)
-    assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels) and torch.equal(a.boxes, b.boxes)
-    assert a.images.shape == (8, 3, 32, 32) and a.boxes.dtype == torch.int64
-    for img, (x0, y0, x1, y1) in zip(a.images, a.boxes.tolist()):
-        inside = img[:, y0:y1 + 1, x0:x1 + 1]
-        assert inside.mean() > img.mean()  # the object is brighter than the background
-        assert 0 <= x0 <= x1 < 32 and 0 <= y0 <= y1 < 32
+@pytest.fixture(scope="module")
+def data48():
+    return T.make_data(_cfg())
 
 
-def test_each_method_lowers_the_loss(tmp_path):
-    data = T.SyntheticWSOL(48, seed=0)
+def test_data_comes_from_camfast_datasets():
+    cfg = _cfg()
+    d, v = T.make_data(cfg), T.make_data(cfg, "val")
+    assert isinstance(d, SyntheticWSOL) and len(d) == 48 and len(v) == 16
+    assert d.images.shape == (48, 3, 32, 32) and d.num_classes == cfg.num_classes
+    assert not torch.equal(d.images[:16], v.images)  # held-out split: other images
+
+
+@pytest.mark.parametrize("stride,batch_norm", [(8, True), (4, False)])
+def test_network_maps_are_the_logits_before_pooling(stride, batch_norm):
+    torch.manual_seed(0)
+    net = T.TinyCAMNet(5, width=8, stride=stride, batch_norm=batch_norm).eval()
+    x = torch.rand(3, 3, 32, 32)
+    maps = net.class_maps(x)
+    assert maps.shape == (3, 5, 32 // stride, 32 // stride)
+    torch.testing.assert_close(maps.mean(dim=(2, 3)), net(x), rtol=1e-5, atol=1e-5)
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules()) == batch_norm
+    # every stage is a layer for the multi-layer methods; the stride-8 one is rCAM's shape layer
+    layers = camfast.find_layers(net)
+    assert len(layers) == 4
+    res = camfast.rcam(net, torch.rand(2, 3, 64, 64), crf=False, return_intermediates=True)
+    assert res.cam.shape == (2, 64, 64)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="method"):
+        T.train("vit", _cfg(), "unused")
+    with pytest.raises(ValueError, match="method"):
+        T.build_model("cam", _cfg())
+    with pytest.raises(ValueError, match="stride"):
+        T.TinyCAMNet(3, stride=16)
+    with pytest.raises(ValueError, match="batch_size"):
+        T.train("gap", _cfg(batch_size=100), "unused", data=T.make_data(_cfg()))
+
+
+def test_each_method_lowers_the_loss(tmp_path, data48):
     for method in T.METHODS:
-        res = T.train(method, _cfg(), tmp_path, data=data, log=lambda *a: None)
-        if res.skipped:  # TAP while camfast.nn is missing
-            assert method == "tap"
-            continue
+        res = T.train(method, _cfg(), tmp_path, data=data48, log=lambda *a: None)
         assert res.iteration == 9 and len(res.losses) == 9
         first, last = sum(res.losses[:3]) / 3, sum(res.losses[-3:]) / 3
         assert last < first, (method, res.losses)
         assert (tmp_path / f"{method}.pt").exists()
 
 
-def test_resume_continues_from_the_saved_iteration(tmp_path):
-    data = T.SyntheticWSOL(48, seed=0)
-    full = T.train("puzzle", _cfg(), tmp_path / "full", data=data, log=lambda *a: None)
-    stopped = T.train("puzzle", _cfg(max_iterations=4), tmp_path / "part", data=data, log=lambda *a: None)
+def test_resume_continues_from_the_saved_iteration(tmp_path, data48):
+    full = T.train("puzzle", _cfg(), tmp_path / "full", data=data48, log=lambda *a: None)
+    stopped = T.train("puzzle", _cfg(max_iterations=4), tmp_path / "part", data=data48, log=lambda *a: None)
     assert stopped.iteration == 4
     saved = torch.load(tmp_path / "part" / "puzzle.pt", weights_only=False)
     assert saved["iteration"] == 4 and saved["method"] == "puzzle"
     logs = []
-    resumed = T.train("puzzle", _cfg(), tmp_path / "part", resume=True, data=data, log=logs.append)
+    resumed = T.train("puzzle", _cfg(), tmp_path / "part", resume=True, data=data48, log=logs.append)
     assert resumed.start_iteration == 4 and resumed.iteration == 9 and len(resumed.losses) == 5
+    assert resumed.total_seconds > resumed.seconds > 0  # the time of both calls is recorded
     assert any("resumed" in line and "iteration 4/9" in line for line in logs)
     # the resumed run saw the same batches with the same optimiser state as the uninterrupted one
     torch.testing.assert_close(resumed.losses, full.losses[4:], rtol=1e-4, atol=1e-5)
@@ -53,12 +83,70 @@ def test_resume_continues_from_the_saved_iteration(tmp_path):
     b = torch.load(tmp_path / "part" / "puzzle.pt", weights_only=False)["model"]
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+    # a finished checkpoint is not trained again
+    again = T.train("puzzle", _cfg(), tmp_path / "part", resume=True, data=data48, log=lambda *a: None)
+    assert again.start_iteration == again.iteration == 9 and again.losses == []
     # no temporary file is left behind
     assert sorted(p.name for p in (tmp_path / "part").iterdir()) == ["puzzle.pt"]
+
+
+def test_a_checkpoint_of_another_configuration_is_not_resumed(tmp_path, data48):
+    T.train("gap", _cfg(max_iterations=3), tmp_path, data=data48, log=lambda *a: None)
+    logs = []
+    res = T.train("gap", _cfg(lr=5e-3), tmp_path, resume=True, data=data48, log=logs.append)
+    assert res.start_iteration == 0 and res.iteration == 9
+    assert any("another configuration" in line and "lr" in line for line in logs)
 
 
 def test_cli_quick_run(tmp_path, capsys):
     assert T.main(["--quick", "--methods", "gap,tap,puzzle", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "summary:" in out and "img/s" in out and "GT-known loc" in out
-    assert (tmp_path / "gap.pt").exists() and (tmp_path / "puzzle.pt").exists()
+    assert "summary" in out and "img/s" in out and "GT-known loc" in out and "NWC + PaS" in out
+    assert all((tmp_path / f"{m}.pt").exists() for m in T.METHODS)
+    with pytest.raises(SystemExit):
+        T.main(["--quick", "--methods", "gap,vit", "--out", str(tmp_path)])
+
+
+def test_evaluate_scores_in_percent():
+    cfg = _cfg()
+    net = T.build_model("gap", cfg).eval()
+    res = T.evaluate(net, T.make_data(cfg, "val"))
+    assert set(res) == {"top1", "gt_known_loc", "max_box_acc_v2", "pxap"}
+    assert all(0 <= v <= 100 for v in res.values())
+
+
+def _top1_after_training(cfg, methods, out):
+    data, val = T.make_data(cfg), T.make_data(cfg, "val")
+    top1, losses = {}, {}
+    for m in methods:
+        res = T.train(m, cfg, out, data=data, log=lambda *a: None)
+        net = T.load_model_checkpoint(m, cfg, res.checkpoint)
+        with torch.no_grad():
+            top1[m] = float((net(val.images).argmax(1) == val.labels).float().mean())
+        losses[m] = res.losses
+    return top1, losses
+
+
+_BUDGET = dict(epochs=3, n_train=768, n_val=96, size=32, num_classes=3, batch_size=32, width=16, lr=3e-3,
+               log_every=1000, seed=0)
+
+
+def test_puzzle_cam_learns_like_the_gap_baseline(tmp_path):
+    """The regression this module fixed: the Puzzle-CAM classifier stayed at chance while GAP
+    learned. With BatchNorm it learns; same data, iterations, optimiser and initial weights."""
+    top1, _ = _top1_after_training(T.TrainConfig(**_BUDGET), ("gap", "puzzle"), tmp_path)
+    chance = 1 / _BUDGET["num_classes"]
+    assert top1["gap"] > chance + 0.4, top1
+    assert top1["puzzle"] > chance + 0.4 and top1["puzzle"] > top1["gap"] - 0.1, top1
+
+
+def test_without_batch_norm_puzzle_cam_sits_at_the_class_prior(tmp_path):
+    """The cause: without normalisation the multilabel soft-margin terms settle where every class
+    gets the prior probability 1/K (each term then equals the prior's entropy) and the puzzle's
+    reconstruction term keeps the maps flat, while cross-entropy (GAP) still learns."""
+    top1, losses = _top1_after_training(T.TrainConfig(**_BUDGET, batch_norm=False), ("gap", "puzzle"), tmp_path)
+    k = _BUDGET["num_classes"]
+    prior = -(1 / k * math.log(1 / k) + (k - 1) / k * math.log((k - 1) / k))  # MLSM of predicting 1/K
+    tail = sum(losses["puzzle"][-8:]) / 8
+    assert abs(tail - 2 * prior) < 0.05, (tail, 2 * prior)  # L_cls + L_pcls, both at the prior
+    assert top1["puzzle"] < 1 / k + 0.15 < top1["gap"], top1

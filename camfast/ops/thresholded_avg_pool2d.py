@@ -11,7 +11,6 @@ The public function returns ``pooled`` only.
 
 from __future__ import annotations
 
-import math
 import numbers
 
 import torch

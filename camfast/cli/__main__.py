@@ -1,0 +1,5 @@
+import sys
+
+from camfast.cli import main
+
+sys.exit(main())
