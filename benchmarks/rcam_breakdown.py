@@ -13,7 +13,6 @@ up the wall time spent in each; everything else (the bilinear resizes, the CAMs 
 classifier weights, the softmax, the fusion and normalisations) is ``other`` = total - the
 rest. Stages:
 
-* ``model probe``: the forward of one image rCAM runs to find the stride-8 shape layer;
 * ``model I1``, ``model I2``: the forwards at the input size and at ``scales[1]`` = 2x (no
   backward: rCAM's CAMs come from the classifier's weights, ``camfast.cam``-style);
 * ``pca guides``: the per-image PCA of the shape features at both scales;
@@ -58,7 +57,7 @@ import harness  # noqa: E402
 # the module (``camfast.rcam`` the attribute is the function)
 rcam_module = importlib.import_module("camfast.rcam")
 OP = "rcam_breakdown"
-STAGES = ("model probe", "model I1", "model I2", "pca guides", "variogram", "guided filter", "crf", "other")
+STAGES = ("model I1", "model I2", "pca guides", "variogram", "guided filter", "crf", "other")
 PHOTOS = ("chelsea", "coffee", "astronaut", "rocket")
 
 
@@ -117,8 +116,8 @@ class StageClock:
         self._t0 = time.perf_counter()
 
     def model_post(self, module, inputs, output) -> None:
-        # rcam's calls, in order: the shape-layer probe, I1, I2
-        stage = ("model probe", "model I1", "model I2")[min(self.model_calls, 2)]
+        # rcam's calls, in order: I1 (which also finds the stride-8 shape layer), I2
+        stage = ("model I1", "model I2")[min(self.model_calls, 1)]
         self.seconds[stage] += time.perf_counter() - self._t0
         self.model_calls += 1
 
@@ -146,8 +145,8 @@ def timed_call(model: torch.nn.Module, x: torch.Tensor, crf: bool) -> dict[str, 
         t0 = time.perf_counter()
         rcam_module.rcam(model, x, crf=crf)
         total = time.perf_counter() - t0
-    if clock.model_calls != 3:
-        raise RuntimeError(f"expected 3 model calls in camfast.rcam, saw {clock.model_calls}: "
+    if clock.model_calls != 2:
+        raise RuntimeError(f"expected 2 model calls in camfast.rcam, saw {clock.model_calls}: "
                            "update the stage labels in StageClock.model_post")
     clock.seconds["other"] = total - sum(v for k, v in clock.seconds.items() if k != "other")
     return {**clock.seconds, "total": total}
@@ -205,8 +204,7 @@ def header_text(config: Mapping[str, Any], info: Mapping[str, Any]) -> str:
 def render_markdown(data: Mapping[str, Any]) -> str:
     out = [f"# rCAM time breakdown ({data['device_type']})", "",
            f"Generated from `{OP}-{data['device_type']}.json` by `benchmarks/rcam_breakdown.py`; do not edit.", "",
-           "Stages: `model probe` (rCAM's forward of one image to find the stride-8 layer), `model I1` / "
-           "`model I2` (forwards at 1x and 2x; rCAM needs no backward), `pca guides`, `variogram` (radius per "
+           "Stages: `model I1` / `model I2` (forwards at 1x and 2x; rCAM needs no backward), `pca guides`, `variogram` (radius per "
            "image and step), `guided filter` (`camfast.ops.guided_filter`, one call per image and step), "
            "`crf` (pydensecrf), `other` (resizes, CAMs, softmax, fusion, normalisation).", ""]
     for run_id, run in sorted(data["runs"].items(), key=lambda kv: kv[1]["stamp"]["date"], reverse=True):

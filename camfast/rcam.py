@@ -153,18 +153,25 @@ def _stride8_layer(model: nn.Module, sizes: dict[str, tuple[int, int]], H: int) 
     return candidates[-1]
 
 
-def _forward(model, x, pool, shape_module, output_fn):
-    """One forward (no grad): logits, the features entering the global pooling, the shape features."""
+def _forward(model, x, pool, capture: dict[str, nn.Module], output_fn, min_side: int = 0):
+    """One forward (no grad): the logits, the features entering the global pooling, and the
+    outputs of the ``capture`` layers whose height is at least ``min_side`` (by name)."""
     got: dict[str, Tensor] = {}
-    h1 = pool.register_forward_pre_hook(lambda m, i: got.__setitem__("feat", i[0]))
-    h2 = shape_module.register_forward_hook(lambda m, i, o: got.__setitem__("shape", o))
+    outs: dict[str, Tensor] = {}
+
+    def keep(name: str, out: Tensor) -> None:
+        if isinstance(out, Tensor) and out.dim() == 4 and out.shape[-2] >= min_side:
+            outs[name] = out
+
+    hooks = [pool.register_forward_pre_hook(lambda m, i: got.__setitem__("feat", i[0]))]
+    hooks += [m.register_forward_hook(lambda mod, i, o, n=n: keep(n, o)) for n, m in capture.items()]
     try:
         with torch.no_grad():
             logits = _logits(model(x), output_fn)
     finally:
-        h1.remove()
-        h2.remove()
-    return logits, got["feat"], got["shape"]
+        for h in hooks:
+            h.remove()
+    return logits, got["feat"], outs
 
 
 def _guided_up(cam: Tensor, guides: Sequence[Tensor], eps: float, radii_log: list[list[int]]) -> Tensor:
@@ -217,26 +224,22 @@ def rcam(model: nn.Module, x: Tensor, target=None, scales: Sequence[float] = (1,
         raise ValueError(f"scales must be (1, s) with s > 1, got {tuple(scales)!r}")
     B, _, H, W = x.shape
     pool_name, pool, linear = _classifier(model)
-    # the shape layer: sizes of the candidate layers from one forward of I1
-    if shape_layer is None:
-        cands = resolve_layers(model, None)
-        sizes: dict[str, tuple[int, int]] = {}
-        hooks = [m.register_forward_hook(lambda mod, i, o, n=n: sizes.__setitem__(n, tuple(o.shape[-2:])))
-                 for n, m in cands]
-        try:
-            with torch.no_grad():
-                model(x[:1])
-        finally:
-            for h in hooks:
-                h.remove()
-        shape_name = _stride8_layer(model, sizes, H)
-    else:
-        ((shape_name, _),) = resolve_layers(model, [shape_layer], "shape_layer")
-    shape_module = dict(model.named_modules())[shape_name]
-
     x2 = F.interpolate(x, scale_factor=float(scales[1]), mode="bilinear", align_corners=False)
-    logits1, feat1, shape1 = _forward(model, x, pool, shape_module, output_fn)
-    logits2, feat2, shape2 = _forward(model, x2, pool, shape_module, output_fn)
+    # the shape layer: with shape_layer=None, the candidate layers' outputs at stride 8 or finer
+    # are kept from the forward of I1 itself (no separate probe pass) and the layer is chosen
+    # from their sizes
+    if shape_layer is None:
+        cands = dict(resolve_layers(model, None))
+        logits1, feat1, outs1 = _forward(model, x, pool, cands, output_fn, min_side=math.ceil(H / 8))
+        shape_name = _stride8_layer(model, {n: tuple(o.shape[-2:]) for n, o in outs1.items()}, H)
+    else:
+        ((shape_name, shape_module),) = resolve_layers(model, [shape_layer], "shape_layer")
+        logits1, feat1, outs1 = _forward(model, x, pool, {shape_name: shape_module}, output_fn)
+    shape1 = outs1[shape_name]
+    del outs1
+    shape_module = dict(model.named_modules())[shape_name]
+    logits2, feat2, outs2 = _forward(model, x2, pool, {shape_name: shape_module}, output_fn)
+    shape2 = outs2[shape_name]
     _, idx = _score(logits1, target)
     w = linear.weight.detach()[idx].to(torch.float32)
     cam1 = torch.einsum("bchw,bc->bhw", feat1.float(), w)
