@@ -443,7 +443,7 @@ def main(argv: list[str] | None = None) -> int:
         run_worker(json.loads(args.worker))
         return 0
     info = harness.stamp(torch.device("cpu"))
-    info["versions"].update({k: harness._version(k) for k in ("torchvision", "grad-cam", "torchcam")})
+    info["versions"].update({k: harness.dist_version(k) for k in ("torchvision", "grad-cam", "torchcam")})
     load = harness.OtherLoad()
     rows: list[dict[str, Any]] = []
     for model in args.models:

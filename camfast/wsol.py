@@ -31,14 +31,8 @@ class, and the classification columns are left empty):
 
 from __future__ import annotations
 
-import contextlib
-import datetime
-import importlib.util
 import json
 import os
-import platform
-import subprocess
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -47,7 +41,9 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor, nn
 
+from camfast import _provenance
 from camfast._io import atomic_path, atomic_write
+from camfast._provenance import OtherLoad
 
 __all__ = ["INFERENCE_ROWS", "PAPER_RESULTS", "Row", "SYNTHETIC_ROWS", "Scorer", "compute_maps", "orderings",
            "MIoUSweep", "render_markdown", "run_dataset", "run_synthetic"]
@@ -431,54 +427,9 @@ def orderings(results: Sequence[dict[str, Any]], checks=_ORDERING_CHECKS) -> lis
 
 # ----------------------------------------------------------------------------- provenance and output
 
-def _harness() -> Any | None:
-    """benchmarks/harness.py of the source tree camfast runs from, when there is one (its stamp helpers)."""
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "harness.py"
-    if not path.is_file():
-        return None
-    try:
-        name = "_camfast_bench_harness"
-        if name in sys.modules:
-            return sys.modules[name]
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-        sys.modules[name] = module  # dataclasses look their module up while the class is built
-        spec.loader.exec_module(module)  # type: ignore[union-attr]
-        return module
-    except Exception:  # noqa: BLE001 - provenance is best effort
-        sys.modules.pop("_camfast_bench_harness", None)
-        return None
-
-
-class _Load:
-    """Cores kept busy by other processes during the run (Linux /proc/stat; None elsewhere)."""
-
-    def __init__(self) -> None:
-        h = _harness()
-        self._impl = h.OtherLoad() if h is not None else None
-
-    def cores(self) -> float | None:
-        return self._impl.cores() if self._impl is not None else None
-
-
 def stamp() -> dict[str, Any]:
-    """Date, machine, versions and git commit (benchmarks/harness.py's :func:`stamp` when available)."""
-    h = _harness()
-    if h is not None:
-        with contextlib.suppress(Exception):
-            return h.stamp(torch.device("cpu"))
-    commit = None
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10,
-                                check=True).stdout.strip()
-    import camfast
-
-    return {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "machine": {"platform": platform.platform(), "cpu": platform.processor() or platform.machine(),
-                        "cores": os.cpu_count(), "torch_threads": torch.get_num_threads()},
-            "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                         "camfast": camfast.__version__},
-            "native": {}, "git": {"commit": commit, "dirty": None}}
+    """Date, machine, versions, native build and git commit (the benchmarks' stamp)."""
+    return _provenance.stamp(torch.device("cpu"))
 
 
 def _cpu_seconds() -> float:
@@ -672,7 +623,7 @@ def run_synthetic(out_dir: str | os.PathLike, checkpoints: str | os.PathLike, *,
     if not isinstance(cfg, T.TrainConfig):
         raise TypeError(f"config must be a camfast.train.TrainConfig, got {type(cfg).__name__}")
     out_dir, checkpoints = Path(out_dir), Path(checkpoints)
-    load = _Load()
+    load = OtherLoad()
     cpu0 = _cpu_seconds()
     t_start = time.perf_counter()
     log(f"[data] SyntheticWSOL: {cfg.n_train} train + {cfg.n_val} test images of {cfg.size}x{cfg.size}, "
@@ -769,7 +720,7 @@ def run_dataset(dataset: str, root: str | os.PathLike, model: str, out_dir: str 
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise ValueError(f"limit must be None or a positive int, got {limit!r}")
     rows = _check_rows(rows, INFERENCE_ROWS)
-    load = _Load()
+    load = OtherLoad()
     t_start = time.perf_counter()
     spec = load_model(model, device=device)
     size = size or spec.input_size or 224
