@@ -43,6 +43,7 @@ metrics only, imported on first use.
 
 from __future__ import annotations
 
+import abc
 import math
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Sequence
@@ -267,7 +268,10 @@ class BoxAccDetails:
     count: int
 
 
-class _BoxAccumulator:
+class _BoxAccumulator(abc.ABC):
+    """The box-accuracy curve shared by MaxBoxAcc, MaxBoxAccV2 and GTKnownLoc; each subclass
+    says how the per-IoU-threshold maxima become its one number (:meth:`_value`)."""
+
     _force_torch_masks = False  # tests set it to run the device (batched torch) mask path on CPU
 
     def __init__(self, cam_thresholds: object, iou_thresholds: Sequence[float], multi_contour: bool,
@@ -357,8 +361,9 @@ class _BoxAccumulator:
             raise _no_data(type(self).__name__)
         return self._correct * 100.0 / float(self._count)
 
+    @abc.abstractmethod
     def _value(self, per_iou: list[float]) -> float:
-        raise NotImplementedError
+        """The metric from the best accuracy per IoU threshold (percent)."""
 
     def compute(self) -> float:
         """The metric in percent (see the class docstring)."""

@@ -205,45 +205,39 @@ def _pil():
     return Image
 
 
-def load_rgb(path: Path) -> Tensor:
-    """An image file as float32 ``(3, H, W)`` in ``[0, 1]``."""
+def _read_image(path: Path, what: str, to_array) -> np.ndarray:
+    """``to_array(opened PIL image)``; a missing file is a FileNotFoundError, an unreadable
+    one a ValueError, each naming ``path``."""
     Image = _pil()
     if not path.is_file():
-        raise FileNotFoundError(f"missing image file {str(path)!r}")
+        raise FileNotFoundError(f"missing {what} {str(path)!r}")
     try:
         with Image.open(path) as im:
-            arr = np.asarray(im.convert("RGB"))
+            return to_array(im)
     except OSError as e:
-        raise ValueError(f"{path}: cannot read image ({e})") from None
+        raise ValueError(f"{path}: cannot read {what} ({e})") from None
+
+
+def load_rgb(path: Path) -> Tensor:
+    """An image file as float32 ``(3, H, W)`` in ``[0, 1]``."""
+    arr = _read_image(path, "image file", lambda im: np.asarray(im.convert("RGB")))
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)
 
 
 def load_index_png(path: Path, what: str = "label image") -> Tensor:
     """A single-channel (palette ``P`` or greyscale ``L``) PNG as int64 ``(H, W)`` raw values."""
-    Image = _pil()
-    if not path.is_file():
-        raise FileNotFoundError(f"missing {what} {str(path)!r}")
-    try:
-        with Image.open(path) as im:
-            if im.mode not in ("P", "L", "1", "I", "I;16"):
-                raise ValueError(f"{path}: {what} must be a palette or greyscale PNG, got mode {im.mode!r}")
-            arr = np.asarray(im)
-    except OSError as e:
-        raise ValueError(f"{path}: cannot read {what} ({e})") from None
-    return torch.from_numpy(arr.astype(np.int64))
+
+    def raw(im) -> np.ndarray:
+        if im.mode not in ("P", "L", "1", "I", "I;16"):
+            raise ValueError(f"{path}: {what} must be a palette or greyscale PNG, got mode {im.mode!r}")
+        return np.asarray(im)
+
+    return torch.from_numpy(_read_image(path, what, raw).astype(np.int64))
 
 
 def load_grey(path: Path, what: str = "mask") -> Tensor:
     """Any image as uint8 greyscale ``(H, W)`` (Pillow's ``L`` conversion)."""
-    Image = _pil()
-    if not path.is_file():
-        raise FileNotFoundError(f"missing {what} {str(path)!r}")
-    try:
-        with Image.open(path) as im:
-            arr = np.asarray(im.convert("L"))
-    except OSError as e:
-        raise ValueError(f"{path}: cannot read {what} ({e})") from None
-    return torch.from_numpy(arr.copy())
+    return torch.from_numpy(_read_image(path, what, lambda im: np.asarray(im.convert("L"))).copy())
 
 
 def check_same_size(path: Path, image: Tensor, other: Tensor, what: str) -> None:
