@@ -43,9 +43,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from camfast._io import atomic_write
+from camfast.utils.io import atomic_write
 # re-exported for the benchmark scripts (harness.stamp, harness.OtherLoad, ...)
-from camfast._provenance import OtherLoad, cpu_model, dist_version, stamp  # noqa: F401
+from camfast.evaluation.provenance import OtherLoad, cpu_model, dist_version, stamp  # noqa: F401
 from camfast.ops import available_backends, use_backend
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"

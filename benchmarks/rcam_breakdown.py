@@ -51,11 +51,11 @@ import torch.nn.functional as F  # noqa: E402
 import camfast  # noqa: E402
 import camfast.crf  # noqa: E402
 import camfast.ops  # noqa: E402
-from camfast._io import atomic_path  # noqa: E402
+from camfast.utils.io import atomic_path  # noqa: E402
 import harness  # noqa: E402
 
 # the module (``camfast.rcam`` the attribute is the function)
-rcam_module = importlib.import_module("camfast.rcam")
+rcam_module = importlib.import_module("camfast.methods.highres")
 OP = "rcam_breakdown"
 STAGES = ("model I1", "model I2", "pca guides", "variogram", "guided filter", "crf", "other")
 PHOTOS = ("chelsea", "coffee", "astronaut", "rocket")

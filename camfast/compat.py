@@ -1,4 +1,8 @@
-"""A drop-in for pytorch-grad-cam's ``GradCAM``, ``HiResCAM`` and ``LayerCAM`` classes.
+"""A drop-in for pytorch-grad-cam's classes (``GradCAM``, ``HiResCAM``, ``LayerCAM``, ...).
+
+There is one class here for every gradient method of :mod:`camfast.methods.registry` that
+has a pytorch-grad-cam name (its ``compat`` field); the class is made from the method's
+per-layer weighting rule, so a newly registered method appears here without an edit.
 
 The classes here take pytorch-grad-cam's constructor and call (``cam = GradCAM(model,
 target_layers, reshape_transform=None)``; ``cam(input_tensor, targets)`` gives a float32
@@ -60,11 +64,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from camfast.layers import resolve_layers
-from camfast.methods import _check_input, _run_gradient_method
+from camfast.methods import registry
+from camfast.methods.engine import WeightingRule, check_input, gradient_layer_maps
+from camfast.methods.layers import resolve_layers
 from camfast.ops import upsample_aggregate
-
-__all__ = ["ClassifierOutputTarget", "GradCAM", "HiResCAM", "LayerCAM", "ZoomCAM"]
 
 _EPS = 1e-7  # pytorch-grad-cam's scale_cam_image: img / (1e-7 + max(img)); the same in upsample_aggregate
 
@@ -94,7 +97,7 @@ def _normalize(m: Tensor) -> Tensor:
 class _BaseCAM:
     """pytorch-grad-cam's ``BaseCAM`` interface on camfast's engine (see the module doc)."""
 
-    _mode: str = ""
+    _rule: WeightingRule  # set by each subclass (made from the method registry below)
 
     def __init__(self, model: nn.Module, target_layers: Sequence[nn.Module | str],
                  reshape_transform: Callable[[Tensor], Tensor] | None = None) -> None:
@@ -150,12 +153,12 @@ class _BaseCAM:
 
     def forward(self, input_tensor: Tensor,
                 targets: Sequence[Callable[[Tensor], Tensor]] | None = None) -> np.ndarray:
-        x = _check_input(input_tensor)
+        x = check_input(input_tensor)
         if self.device is not None:
             x = x.to(self.device)
         target, output_fn = self._target(targets, int(x.shape[0]))
-        maps, logits, _ = _run_gradient_method(self.model, x, target, self._layers, self._mode,
-                                               self.reshape_transform, output_fn, create_graph=False)
+        maps, logits, _ = gradient_layer_maps(self.model, x, target, self._layers, self._rule,
+                                              self.reshape_transform, output_fn, create_graph=False)
         self.outputs = logits.reshape(output_fn.shape) if output_fn.shape is not None else logits
         return self._aggregate(maps, (int(x.shape[-2]), int(x.shape[-1])))
 
@@ -227,30 +230,24 @@ class _Flatten:
         return call
 
 
-class GradCAM(_BaseCAM):
-    """Grad-CAM: ``ReLU(sum_c mean_hw(G_c) A_c)`` per layer; pytorch-grad-cam's
-    ``GradCAM(model, target_layers, reshape_transform=None)``."""
-
-    _mode = "gradcam"
-
-
-class HiResCAM(_BaseCAM):
-    """HiResCAM: ``ReLU(sum_c G_c * A_c)`` per layer; pytorch-grad-cam's
-    ``HiResCAM(model, target_layers, reshape_transform=None)``."""
-
-    _mode = "zoom"
+def _compat_class(spec: registry.MethodSpec) -> type[_BaseCAM]:
+    """pytorch-grad-cam's class of a registered gradient method: its per-layer rule in the
+    pipeline above."""
+    rule = spec.function.__module__ + "." + spec.rule.function.__name__
+    doc = (f"{spec.display}: the per-layer map of :func:`camfast.{spec.function.__name__}` "
+           f"(:func:`{rule}`) in pytorch-grad-cam's pipeline (mean over layers); pytorch-grad-cam's "
+           f"``{spec.compat}(model, target_layers, reshape_transform=None)``.")
+    return type(spec.compat, (_BaseCAM,), {"_rule": spec.rule, "__doc__": doc, "__module__": __name__})
 
 
-class LayerCAM(_BaseCAM):
-    """LayerCAM: ``ReLU(sum_c ReLU(G_c) * A_c)`` per layer; pytorch-grad-cam's
-    ``LayerCAM(model, target_layers, reshape_transform=None)``."""
+# One class per registered gradient method with a pytorch-grad-cam name (GradCAM, HiResCAM,
+# LayerCAM, ZoomCAM, ...): a method added to the registry appears here with no edit.
+# ``ZoomCAM`` is Zoom-CAM's per-layer map (``ReLU(sum_c G_c * A_c)``) with pytorch-grad-cam's
+# mean over layers, so its results equal ``HiResCAM``'s; Zoom-CAM as published fuses by max:
+# that is :func:`camfast.zoom_cam`.
+for _spec in registry.specs("gradient"):
+    if _spec.compat:
+        globals()[_spec.compat] = _compat_class(_spec)
 
-    _mode = "layercam"
-
-
-class ZoomCAM(_BaseCAM):
-    """Zoom-CAM's per-layer map (``ReLU(sum_c G_c * A_c)``, HiResCAM's) in pytorch-grad-cam's
-    pipeline: mean over layers, so the results equal :class:`HiResCAM`'s. The published
-    method, with max fusion over layers, is :func:`camfast.zoom_cam`."""
-
-    _mode = "zoom"
+__all__ = ["ClassifierOutputTarget",
+           *sorted(s.compat for s in registry.specs("gradient") if s.compat)]

@@ -198,7 +198,7 @@ def test_create_graph_makes_maps_trainable():
 
 def test_maps_are_computed_during_backward_deepest_first(monkeypatch):
     """Streaming: each layer's map is made while the backward runs, deepest layer first."""
-    import camfast.methods as cam_module
+    import camfast.methods.engine as cam_module
 
     order = []
     real = cam_module.grad_weighted_map

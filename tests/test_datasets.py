@@ -1,4 +1,4 @@
-"""camfast.datasets: the real layouts on tiny fixture folders written here, and SyntheticWSOL."""
+"""camfast.evaluation.datasets: the real layouts on tiny fixture folders written here, and SyntheticWSOL."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from camfast import datasets
-from camfast.datasets import CUB, ImageNetVal, SyntheticWSOL, VOCSegmentation, WSOLEvalMetadata, collate
+from camfast.evaluation import datasets
+from camfast.evaluation.datasets import CUB, ImageNetVal, SyntheticWSOL, VOCSegmentation, WSOLEvalMetadata, collate
 
 Image = pytest.importorskip("PIL.Image")
 

@@ -1,4 +1,4 @@
-"""camfast._io: files appear whole or not at all."""
+"""camfast.utils.io: files appear whole or not at all."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import stat
 
 import pytest
 
-from camfast._io import atomic_path, atomic_write
+from camfast.utils.io import atomic_path, atomic_write
 
 
 def test_atomic_write_creates_folders_and_usual_mode(tmp_path):

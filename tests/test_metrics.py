@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 import camfast
-from camfast import metrics as M
+from camfast.evaluation import metrics as M
 
 cv2 = pytest.importorskip("cv2")
 
@@ -237,7 +237,7 @@ def test_box_curve_equals_per_image_reference(multi, low):
 
 def test_contour_boxes_equal_opencv_per_contour():
     # the step from a mask to boxes, on masks with a few and with many (> 32) contours
-    from camfast.metrics import _FEW_CONTOURS, _contour_boxes
+    from camfast.evaluation.metrics import _FEW_CONTOURS, _contour_boxes
 
     counts = []
     for low in (4, 30):

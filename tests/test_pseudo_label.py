@@ -25,7 +25,7 @@ from PIL import Image
 import camfast
 from camfast import pseudolabel
 from camfast.cli import main as cli_main
-from camfast.pseudolabel import PseudoLabelConfig, find_images, parse_labels, voc_palette
+from camfast.cli.pseudolabel import PseudoLabelConfig, find_images, parse_labels, voc_palette
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent

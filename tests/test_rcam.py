@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from camfast import crf
-from camfast.rcam import pca_guide, variogram_radius
+from camfast.methods.highres import pca_guide, variogram_radius
 
 
 def gaussian_field(s: float, batch=2, n=96, seed=0) -> torch.Tensor:
@@ -114,7 +114,7 @@ def test_rcam_pipeline_stages():
     from models import resnet_like, seeded
 
     import camfast
-    from camfast.rcam import rcam
+    from camfast.methods.highres import rcam
 
     model = seeded(resnet_like)
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))

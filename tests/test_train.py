@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import camfast
-from camfast import train as T
-from camfast.datasets import SyntheticWSOL
+from camfast.evaluation import train as T
+from camfast.evaluation.datasets import SyntheticWSOL
 
 
 def _cfg(**kw):

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from camfast import metrics, wsol
-from camfast import train as T
+from camfast.evaluation import metrics, wsol
+from camfast.evaluation import train as T
 from camfast.cli import main as cli_main
 
 REPO = Path(__file__).resolve().parent.parent

@@ -60,7 +60,7 @@ def _error(message: str) -> int:
 def run(args: argparse.Namespace, log=None) -> int:
     import torch
 
-    from camfast import wsol
+    from camfast.evaluation import wsol
 
     log = log or (lambda line: print(line, flush=True))
     if args.dataset and args.dataset_opt and args.dataset != args.dataset_opt:

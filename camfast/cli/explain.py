@@ -22,9 +22,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from camfast._io import atomic_path
+from camfast.utils.io import atomic_path
 
-METHODS = ("zoom-cam", "grad-cam", "layer-cam", "cam", "rcam")
+from camfast.methods import registry
+
+#: every registered method (camfast.methods.registry), in its order
+METHODS = tuple(registry.names())
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 ALPHA = 0.5  # weight of the heatmap in the overlay
 
@@ -34,16 +37,17 @@ def _method_list(text: str) -> list[str]:
     """``"zoom-cam,grad-cam"`` / ``"all"`` -> method names; argparse reports a bad one."""
     out: list[str] = []
     for item in text.split(","):
-        item = item.strip().lower().replace("_", "-")
+        item = item.strip()
         if not item:
             continue
-        if item == "all":
-            out.extend(METHODS)
-        elif item in METHODS:
-            out.append(item)
-        else:
+        if item.lower() == "all":
+            out.extend(n for n in METHODS if not registry.get(n).missing())
+            continue
+        try:
+            out.append(registry.get(item).name)
+        except ValueError:
             raise argparse.ArgumentTypeError(
-                f"unknown method {item!r}; choose from {', '.join(METHODS)} or 'all'")
+                f"unknown method {item!r}; choose from {', '.join(METHODS)} or 'all'") from None
     if not out:
         raise argparse.ArgumentTypeError("empty method list")
     return out
@@ -175,19 +179,13 @@ class _Row:
 
 
 def _compute(method: str, model, x: torch.Tensor, target: int, image_u8: np.ndarray, crf: bool) -> torch.Tensor:
-    import camfast
-    if method == "zoom-cam":
-        return camfast.zoom_cam(model, x, target=target)
-    if method == "grad-cam":
-        return camfast.grad_cam(model, x, target=target)
-    if method == "layer-cam":
-        return camfast.layer_cam(model, x, target=target)
-    if method == "cam":
-        return camfast.cam(model, x, target=target)
-    if method == "rcam":
-        return camfast.rcam(model, x, target=target, crf=crf,
-                            image=torch.from_numpy(np.array(image_u8))[None] if crf else None)
-    raise ValueError(f"method: unknown {method!r}")  # pragma: no cover - argparse validates
+    from camfast.methods import registry
+
+    spec = registry.get(method)
+    kwargs = {"image": torch.from_numpy(np.array(image_u8))[None]} if spec.takes_image else {}
+    if crf and spec.accepts("crf"):
+        kwargs["crf"] = True
+    return spec(model, x, target, **kwargs)
 
 
 def classify(spec, image: np.ndarray, size: int) -> tuple[torch.Tensor, np.ndarray, torch.Tensor]:

@@ -3,7 +3,7 @@
 Exit status: 0 when every image was written or already done; 3 when some images could
 not be read (each reported on stderr by path, and listed in ``OUT/summary.json``; all the
 others are written); 2 for bad arguments. Runs under ``torchrun`` unchanged: each process
-takes its share of the images. The library part is :mod:`camfast.pseudolabel`.
+takes its share of the images. The library part is :mod:`camfast.cli.pseudolabel`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import argparse
 import os
 import sys
 
-from camfast.pseudolabel import EXIT_FAILED_IMAGES, FORMATS, METHODS
+from camfast.cli.pseudolabel import EXIT_FAILED_IMAGES, FORMATS, METHODS
 
 EPILOG = f"""\
 outputs (<stem> = image path relative to --images, without its suffix):
@@ -28,12 +28,22 @@ exit status: 0 ok, {EXIT_FAILED_IMAGES} some images could not be read (the other
 distributed: torchrun --nproc-per-node N -m camfast.cli pseudo-label ... shards the images by rank."""
 
 
+def _method(text: str) -> str:
+    from camfast.methods import registry
+
+    try:
+        return registry.get(text).name
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def add_parser(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = EPILOG
     parser.add_argument("--images", required=True, help="folder of images (searched recursively)")
     parser.add_argument("--out", required=True, help="output folder (created; existing outputs are skipped)")
-    parser.add_argument("--method", default="zoom-cam", choices=METHODS, help="CAM method (default zoom-cam)")
+    parser.add_argument("--method", default="zoom-cam", type=_method, metavar="METHOD",
+                        help=f"CAM method: {', '.join(METHODS)} (default zoom-cam)")
     parser.add_argument("--labels", default=None, metavar="FILE",
                         help="image-level classes, one line per image: 'path cls1 cls2 ...'")
     parser.add_argument("--model", default="efficientnet-lite0", metavar="SPEC",
@@ -62,7 +72,7 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from camfast.pseudolabel import PseudoLabelConfig, UsageError, run_pseudo_label
+    from camfast.cli.pseudolabel import PseudoLabelConfig, UsageError, run_pseudo_label
 
     config = PseudoLabelConfig(
         images=args.images, out=args.out, method=args.method, labels=args.labels, model=args.model,

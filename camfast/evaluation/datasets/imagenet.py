@@ -9,7 +9,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch.utils.data import Dataset
 
-from camfast.datasets import _common as C
+from camfast.evaluation.datasets import _common as C
 
 __all__ = ["ImageNetVal"]
 
@@ -48,7 +48,7 @@ class ImageNetVal(Dataset):
             ``ILSVRC2012_img_val`` + ``val``, ``images`` + ``annotations`` that exists.
         wnids: see above.
         one_based: see above.
-        resize, transform: as :class:`camfast.datasets.VOCSegmentation`.
+        resize, transform: as :class:`camfast.evaluation.datasets.VOCSegmentation`.
 
     All XML files are parsed by the constructor (progress on stderr for large sets).
 

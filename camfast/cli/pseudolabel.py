@@ -59,7 +59,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from camfast._io import atomic_path
+from camfast.methods import registry
+from camfast.utils.io import atomic_path
 
 __all__ = [
     "EXIT_FAILED_IMAGES", "IMAGE_EXTENSIONS", "METHODS", "PseudoLabelConfig", "Summary", "UsageError", "find_images",
@@ -68,7 +69,8 @@ __all__ = [
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm",
                               ".pbm", ".pnm"})
-METHODS = ("zoom-cam", "grad-cam", "layer-cam", "cam", "rcam")
+#: every registered method (camfast.methods.registry), in its order
+METHODS = tuple(registry.names())
 FORMATS = ("png", "npy")
 #: exit status of a run in which at least one image could not be read (the others are written)
 EXIT_FAILED_IMAGES = 3
@@ -291,15 +293,12 @@ def _as_list(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def _compute(spec: Any, method: str, x: Tensor, target: list[int] | None, crf: bool,
              images_u8: np.ndarray | None) -> tuple[Tensor, Tensor]:
     """``(maps (N, size, size) float32 in [0, 1], class per map)`` for the preprocessed batch."""
-    import camfast
-
-    model = spec.model
-    if method == "rcam":
-        res = camfast.rcam(model, x, target, crf=crf, image=images_u8, return_intermediates=True)
-        return res.cam.float(), res.targets
-    fn = {"zoom-cam": camfast.zoom_cam, "grad-cam": camfast.grad_cam, "layer-cam": camfast.layer_cam,
-          "cam": camfast.cam}[method]
-    res = fn(model, x, target, return_layers=True)
+    method_spec = registry.get(method)
+    kwargs: dict[str, Any] = {"return_layers": True}
+    if method_spec.accepts("crf"):
+        kwargs.update(crf=crf, image=images_u8, return_intermediates=True)
+        kwargs.pop("return_layers")
+    res = method_spec(spec.model, x, target, **kwargs)
     return res.cam.float(), res.targets
 
 
@@ -366,8 +365,10 @@ class PseudoLabelConfig:
 
     def validate(self) -> None:
         self.images, self.out = Path(self.images), Path(self.out)
-        if self.method not in METHODS:
-            raise ValueError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        try:
+            self.method = registry.get(self.method).name
+        except (TypeError, ValueError):
+            raise ValueError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}") from None
         if self.format not in FORMATS:
             raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {self.format!r}")
         for name in ("batch_size", "log_every"):
@@ -570,7 +571,7 @@ def _run(config: PseudoLabelConfig, d: _Dist, device: torch.device, model_spec: 
     if threshold is None and labels is not None:
         threshold = DEFAULT_LABELS_THRESHOLD
     with_label = threshold is not None
-    label_crf = config.crf and config.method != "rcam"
+    label_crf = config.crf and not registry.get(config.method).accepts("crf")
 
     out = config.out
     if d.rank == 0:
@@ -707,7 +708,7 @@ def _process_batch(ok: list[dict[str, Any]], spec: Any, config: PseudoLabelConfi
         js = [pairs[p][0] for p in chunk]
         target = None if labels is None else [pairs[p][1] for p in chunk]
         xb = xin if js == list(range(len(ok))) else xin[js]
-        if config.method == "rcam":
+        if registry.get(config.method).takes_image:
             u8 = np.stack([ok[j]["image"].permute(1, 2, 0).numpy() for j in js])
         m, cls = _compute(spec, config.method, xb, target, config.crf, u8)
         m = m.detach().cpu()

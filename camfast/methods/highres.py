@@ -24,9 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from camfast.layers import resolve_layers
 from camfast.localization import normalize
-from camfast.methods import _check_input, _classifier, _logits, _score
+from camfast.methods.engine import check_input, classifier_head, pooled_features, target_indices
+from camfast.methods.layers import resolve_layers
+from camfast.methods.registry import register, register_variant
 
 __all__ = ["RCAMResult", "pca_guide", "rcam", "variogram_radius"]
 
@@ -153,27 +154,6 @@ def _stride8_layer(model: nn.Module, sizes: dict[str, tuple[int, int]], H: int) 
     return candidates[-1]
 
 
-def _forward(model, x, pool, capture: dict[str, nn.Module], output_fn, min_side: int = 0):
-    """One forward (no grad): the logits, the features entering the global pooling, and the
-    outputs of the ``capture`` layers whose height is at least ``min_side`` (by name)."""
-    got: dict[str, Tensor] = {}
-    outs: dict[str, Tensor] = {}
-
-    def keep(name: str, out: Tensor) -> None:
-        if isinstance(out, Tensor) and out.dim() == 4 and out.shape[-2] >= min_side:
-            outs[name] = out
-
-    hooks = [pool.register_forward_pre_hook(lambda m, i: got.__setitem__("feat", i[0]))]
-    hooks += [m.register_forward_hook(lambda mod, i, o, n=n: keep(n, o)) for n, m in capture.items()]
-    try:
-        with torch.no_grad():
-            logits = _logits(model(x), output_fn)
-    finally:
-        for h in hooks:
-            h.remove()
-    return logits, got["feat"], outs
-
-
 def _guided_up(cam: Tensor, guides: Sequence[Tensor], eps: float, radii_log: list[list[int]]) -> Tensor:
     """``G^f(U^2(cam), S)`` repeatedly until ``cam`` reaches the last guide's size; at each
     step the guide is the first whose size is at least the target size (resized to it)."""
@@ -193,6 +173,8 @@ def _guided_up(cam: Tensor, guides: Sequence[Tensor], eps: float, radii_log: lis
     return cur[:, 0]
 
 
+@register("rcam", display="rCAM", kind="classifier-weight", takes_image=True, options={"crf": False},
+          summary="two-scale CAM, guided upsampling with PCA shape guides (Ha et al. 2018); --crf adds its CRF")
 def rcam(model: nn.Module, x: Tensor, target=None, scales: Sequence[float] = (1, 2), crf: bool = True,
          shape_layer: str | nn.Module | None = None, *, eps: float = 1e-3, image: Any = None,
          crf_iters: int = 5, output_fn=None, return_intermediates: bool = False,
@@ -219,29 +201,31 @@ def rcam(model: nn.Module, x: Tensor, target=None, scales: Sequence[float] = (1,
     Returns:
         ``(B, H, W)`` float32 in [0, 1], or an :class:`RCAMResult`.
     """
-    x = _check_input(x)
+    x = check_input(x)
     if len(scales) != 2 or scales[0] != 1 or scales[1] <= 1:
         raise ValueError(f"scales must be (1, s) with s > 1, got {tuple(scales)!r}")
     B, _, H, W = x.shape
-    pool_name, pool, linear = _classifier(model)
+    head = classifier_head(model, "camfast.rcam")
     x2 = F.interpolate(x, scale_factor=float(scales[1]), mode="bilinear", align_corners=False)
     # the shape layer: with shape_layer=None, the candidate layers' outputs at stride 8 or finer
     # are kept from the forward of I1 itself (no separate probe pass) and the layer is chosen
     # from their sizes
     if shape_layer is None:
         cands = dict(resolve_layers(model, None))
-        logits1, feat1, outs1 = _forward(model, x, pool, cands, output_fn, min_side=math.ceil(H / 8))
+        min_side = math.ceil(H / 8)
+        logits1, feat1, outs1 = pooled_features(model, x, head, output_fn, cands,
+                                                keep=lambda o: o.dim() == 4 and o.shape[-2] >= min_side)
         shape_name = _stride8_layer(model, {n: tuple(o.shape[-2:]) for n, o in outs1.items()}, H)
     else:
         ((shape_name, shape_module),) = resolve_layers(model, [shape_layer], "shape_layer")
-        logits1, feat1, outs1 = _forward(model, x, pool, {shape_name: shape_module}, output_fn)
+        logits1, feat1, outs1 = pooled_features(model, x, head, output_fn, {shape_name: shape_module})
     shape1 = outs1[shape_name]
     del outs1
     shape_module = dict(model.named_modules())[shape_name]
-    logits2, feat2, outs2 = _forward(model, x2, pool, {shape_name: shape_module}, output_fn)
+    logits2, feat2, outs2 = pooled_features(model, x2, head, output_fn, {shape_name: shape_module})
     shape2 = outs2[shape_name]
-    _, idx = _score(logits1, target)
-    w = linear.weight.detach()[idx].to(torch.float32)
+    idx = target_indices(logits1, target, "camfast.rcam")
+    w = head.linear.weight.detach()[idx].to(torch.float32)
     cam1 = torch.einsum("bchw,bc->bhw", feat1.float(), w)
     cam2 = torch.einsum("bchw,bc->bhw", feat2.float(), w)
     p1 = logits1.float().softmax(1).gather(1, idx[:, None])[:, 0]
@@ -268,3 +252,7 @@ def rcam(model: nn.Module, x: Tensor, target=None, scales: Sequence[float] = (1,
     if return_intermediates:
         return RCAMResult(out, cam1, cam2, rcam1, rcam2, rcam3, radii, idx)
     return out
+
+
+register_variant("rcam-crf", "rcam", display="rCAM + CRF", needs=("pydensecrf",), crf=True, crf_workers=1,
+                 summary="rCAM with its dense-CRF refinement (the paper's full pipeline; in this process)")

@@ -10,7 +10,7 @@ from typing import Any, Callable
 import torch
 from torch.utils.data import Dataset
 
-from camfast.datasets import _common as C
+from camfast.evaluation.datasets import _common as C
 
 __all__ = ["CUB"]
 
@@ -43,7 +43,7 @@ class CUB(Dataset):
         split: ``"train"`` or ``"test"``.
         segmentations: a folder of masks, ``None`` (use ``root/segmentations`` or
             ``root/../segmentations`` when one exists) or ``False`` (no masks).
-        resize, transform: as :class:`camfast.datasets.VOCSegmentation`.
+        resize, transform: as :class:`camfast.evaluation.datasets.VOCSegmentation`.
 
     Raises:
         FileNotFoundError: a missing file or folder (named).

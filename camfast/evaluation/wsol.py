@@ -2,7 +2,7 @@
 
 :func:`run_synthetic` (``camfast eval synthetic``, ``python benchmarks/wsol_table.py``)
 trains the GAP baseline, the TAP classifier and the Puzzle-CAM classifier of
-:mod:`camfast.train` on :class:`camfast.datasets.SyntheticWSOL` (same data, budget and
+:mod:`camfast.train` on :class:`camfast.evaluation.datasets.SyntheticWSOL` (same data, budget and
 initial weights; checkpoints are reused on a rerun), then scores each row of
 :data:`SYNTHETIC_ROWS` on the held-out ``test`` split. :func:`run_dataset` scores the
 inference-only rows of :data:`INFERENCE_ROWS` on a real dataset with a model from
@@ -41,9 +41,9 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from camfast import _provenance
-from camfast._io import atomic_path, atomic_write
-from camfast._provenance import OtherLoad
+from camfast.evaluation import provenance as _provenance
+from camfast.utils.io import atomic_path, atomic_write
+from camfast.evaluation.provenance import OtherLoad
 
 __all__ = ["INFERENCE_ROWS", "PAPER_RESULTS", "Row", "SYNTHETIC_ROWS", "Scorer", "compute_maps", "orderings",
            "MIoUSweep", "render_markdown", "run_dataset", "run_synthetic"]
@@ -76,7 +76,7 @@ SYNTHETIC_ROWS: tuple[Row, ...] = (
     Row("CAM, TAP model", "tap", "cam"),
     Row("CAM + NWC + PaS, TAP model", "tap", "cam-nwc", pas=True),
     Row("CAM, Puzzle-CAM model", "puzzle", "cam"),
-    Row("multiscale CAM, Puzzle-CAM model", "puzzle", "multiscale"),
+    Row("multiscale CAM, Puzzle-CAM model", "puzzle", "multiscale-cam"),
 )
 
 INFERENCE_ROWS: tuple[Row, ...] = (
@@ -87,7 +87,7 @@ INFERENCE_ROWS: tuple[Row, ...] = (
     Row("rCAM (no CRF)", "model", "rcam"),
     Row("rCAM + CRF", "model", "rcam-crf"),
     Row("CAM + NWC + PaS", "model", "cam-nwc", pas=True),
-    Row("multiscale CAM (Puzzle-CAM inference)", "model", "multiscale"),
+    Row("multiscale CAM (Puzzle-CAM inference)", "model", "multiscale-cam"),
 )
 
 METRIC_COLUMNS = (
@@ -100,97 +100,25 @@ _MIOU_THRESHOLDS = tuple(round(0.05 * k, 2) for k in range(1, 20))
 
 # ----------------------------------------------------------------------------- maps
 
-class _HeadMaps(nn.Module):
-    """Class maps ``W * features`` of a "global pooling then linear" classifier (for multiscale CAM)."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        from camfast.methods import _classifier
-
-        self.model = model
-        _, self.pool, self.linear = _classifier(model)
-
-    def forward(self, x: Tensor) -> Tensor:
-        got: list[Tensor] = []
-        handle = self.pool.register_forward_pre_hook(lambda m, i: got.append(i[0]))
-        try:
-            self.model(x)
-        finally:
-            handle.remove()
-        return torch.einsum("bchw,kc->bkhw", got[0].float(), self.linear.weight.float())
-
-
-class _MethodMaps(nn.Module):
-    """Class maps from the model's own ``class_maps`` method (camfast.train.TinyCAMNet)."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.model.class_maps(x)
-
-
-def _uint8_images(images: Tensor) -> Any:
-    """``(B, 3, H, W)`` in [0, 1] -> uint8 ``(B, H, W, 3)`` numpy (the CRF's colour image)."""
-    return (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
-
-
 def compute_maps(method: str, model: nn.Module, x: Tensor, target: Tensor, images: Tensor | None = None) -> Tensor:
     """``(B, H, W)`` map of class ``target`` for ``x``, at the input size, min-max normalised.
 
     Args:
-        method: ``cam``, ``cam-nwc``, ``grad-cam``, ``layer-cam``, ``zoom-cam``, ``rcam``,
-            ``rcam-crf`` or ``multiscale``.
+        method: a method of :mod:`camfast.methods.registry` (any spelling; the table's rows
+            are its names: ``cam``, ``cam-nwc``, ``grad-cam``, ``zoom-cam``, ``rcam-crf``, ...).
         model: the classifier (eval mode), returning logits.
         x: the model's input ``(B, 3, H, W)``.
         target: ``(B,)`` class indices.
-        images: the images in [0, 1] (the CRF's colour term); default ``x`` scaled per image.
+        images: the images in [0, 1] (a CRF's colour term); default ``x`` scaled per image.
     """
-    import camfast
+    from camfast.localization import normalize
+    from camfast.methods import registry
 
-    if method == "cam":
-        out = camfast.cam(model, x, target=target)
-    elif method == "cam-nwc":
-        out = camfast.cam(model, x, target=target, clamp_negative_weights=True)
-    elif method == "grad-cam":
-        out = camfast.grad_cam(model, x, target=target)
-    elif method == "layer-cam":
-        out = camfast.layer_cam(model, x, target=target)
-    elif method == "zoom-cam":
-        out = camfast.zoom_cam(model, x, target=target)
-    elif method == "rcam":
-        out = camfast.rcam(model, x, target=target, crf=False)
-    elif method == "rcam-crf":
-        # rcam(crf=True)'s last step, run in this process (its default is a process pool per batch,
-        # slower than the CRF itself on small images): crf.refine of rCAM3 with the colour image.
-        from camfast import crf
-
-        rcam3 = camfast.rcam(model, x, target=target, crf=False)
-        if images is None:
-            lo, hi = x.amin(dim=(1, 2, 3), keepdim=True), x.amax(dim=(1, 2, 3), keepdim=True)
-            images = (x - lo) / (hi - lo + 1e-12)
-        out = torch.from_numpy(crf.refine(_uint8_images(images), rcam3.cpu().numpy(), workers=1)).to(x.device)
-    elif method == "multiscale":
-        maps_model = _MethodMaps(model) if callable(getattr(model, "class_maps", None)) else _HeadMaps(model)
-        onehot = torch.zeros(x.shape[0], _num_outputs(model, x), device=x.device)
-        onehot[torch.arange(x.shape[0]), target] = 1
-        out = camfast.multiscale_cam(maps_model, x, labels=onehot)[torch.arange(x.shape[0]), target]
-    else:
-        raise ValueError(f"method must be one of {', '.join(_METHOD_NAMES)}; got {method!r}")
-    return camfast.normalize(out.float())
-
-
-_METHOD_NAMES = ("cam", "cam-nwc", "grad-cam", "layer-cam", "zoom-cam", "rcam", "rcam-crf", "multiscale")
-_OUTPUTS_CACHE: dict[int, int] = {}
-
-
-def _num_outputs(model: nn.Module, x: Tensor) -> int:
-    key = id(model)
-    if key not in _OUTPUTS_CACHE:
-        with torch.no_grad():
-            _OUTPUTS_CACHE[key] = int(model(x[:1]).shape[1])
-    return _OUTPUTS_CACHE[key]
+    spec = registry.get(method)
+    kwargs = {}
+    if spec.takes_image and images is not None:
+        kwargs["image"] = (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    return normalize(spec(model, x, target, **kwargs).float())
 
 
 # ----------------------------------------------------------------------------- scoring
@@ -238,7 +166,7 @@ class MIoUSweep:
 
     def compute(self) -> tuple[float, float]:
         """The best mIoU (percent) over the thresholds and its threshold."""
-        from camfast.metrics import MIoU
+        from camfast.evaluation.metrics import MIoU
 
         best = (-1.0, float("nan"))
         for j, t in enumerate(self.thresholds.tolist()):
@@ -254,7 +182,7 @@ class Scorer:
     """Streaming metrics of one row (see the module docstring for the protocol)."""
 
     def __init__(self, row: Row, num_classes: int) -> None:
-        from camfast import metrics
+        from camfast.evaluation import metrics
 
         self.row = row
         self.num_classes = num_classes
@@ -612,7 +540,7 @@ def run_synthetic(out_dir: str | os.PathLike, checkpoints: str | os.PathLike, *,
     Returns:
         The data written to the JSON file.
     """
-    from camfast import train as T
+    from camfast.evaluation import train as T
 
     rows = _check_rows(rows, SYNTHETIC_ROWS)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -681,8 +609,8 @@ DATASETS = ("voc", "cub", "imagenet", "openimages")
 
 def load_dataset(name: str, root: str | os.PathLike, size: int, split: str | None = None,
                  metadata: str | os.PathLike | None = None) -> Any:
-    """A :mod:`camfast.datasets` dataset resized to ``size x size``."""
-    from camfast import datasets as D
+    """A :mod:`camfast.evaluation.datasets` dataset resized to ``size x size``."""
+    from camfast.evaluation import datasets as D
 
     if name == "voc":
         return D.VOCSegmentation(root, split or "val", resize=size)
@@ -710,7 +638,7 @@ def run_dataset(dataset: str, root: str | os.PathLike, model: str, out_dir: str 
     needs a "global pooling then linear" head) are reported and left out. Writes
     ``<out_dir>/wsol_table-<dataset>.{md,json,png}``.
     """
-    from camfast.datasets import collate
+    from camfast.evaluation.datasets import collate
     from camfast.models import load_model
 
     if dataset not in DATASETS:

@@ -8,7 +8,7 @@ from typing import Any, Callable
 import torch
 from torch.utils.data import Dataset
 
-from camfast.datasets import _common as C
+from camfast.evaluation.datasets import _common as C
 
 __all__ = ["WSOLEvalMetadata"]
 
@@ -33,7 +33,7 @@ class WSOLEvalMetadata(Dataset):
 
     Boxes are the numbers as written: wsolevaluation scores them with inclusive (``+1``)
     areas, which is this package's convention (its CUB boxes are ``x + w``, one pixel wider
-    than :class:`camfast.datasets.CUB` gives; see there). For OpenImages, as wsolevaluation
+    than :class:`camfast.evaluation.datasets.CUB` gives; see there). For OpenImages, as wsolevaluation
     reads them: ``mask`` is the union of the instance PNGs ``> 0``, ``ignore`` is the ignore
     PNG ``> 0`` outside ``mask``, boxes are the instances' bounding boxes, ``segmentation`` is
     ``mask * (label + 1)`` with 255 where ``ignore``. ``labels`` is ``[label]``.
@@ -48,7 +48,7 @@ class WSOLEvalMetadata(Dataset):
         split: ``"train"``, ``"val"`` or ``"test"``.
         mask_root: see above.
         num_classes: see above.
-        resize, transform: as :class:`camfast.datasets.VOCSegmentation`.
+        resize, transform: as :class:`camfast.evaluation.datasets.VOCSegmentation`.
 
     Raises:
         FileNotFoundError: a missing metadata file, image or mask (named).

@@ -24,12 +24,12 @@ Loaders of the standard layouts: :class:`VOCSegmentation`, :class:`CUB`,
 :class:`SyntheticWSOL`. Pillow is imported only when an image file is read.
 """
 
-from camfast.datasets._common import collate, multi_hot
-from camfast.datasets.cub import CUB
-from camfast.datasets.imagenet import ImageNetVal
-from camfast.datasets.synthetic import SyntheticWSOL
-from camfast.datasets.voc import VOC_CLASSES, VOCSegmentation
-from camfast.datasets.wsol import WSOLEvalMetadata
+from camfast.evaluation.datasets._common import collate, multi_hot
+from camfast.evaluation.datasets.cub import CUB
+from camfast.evaluation.datasets.imagenet import ImageNetVal
+from camfast.evaluation.datasets.synthetic import SyntheticWSOL
+from camfast.evaluation.datasets.voc import VOC_CLASSES, VOCSegmentation
+from camfast.evaluation.datasets.wsol import WSOLEvalMetadata
 
 __all__ = ["CUB", "ImageNetVal", "SyntheticWSOL", "VOCSegmentation", "VOC_CLASSES", "WSOLEvalMetadata", "collate",
            "multi_hot"]

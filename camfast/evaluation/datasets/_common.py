@@ -1,7 +1,7 @@
 """Pieces shared by the dataset loaders: the sample dict, image/PNG reading, resizing,
 line-numbered text and XML parsing, progress, and :func:`collate`.
 
-Pillow is imported on first use only (``import camfast.datasets`` stays cheap).
+Pillow is imported on first use only (``import camfast.evaluation.datasets`` stays cheap).
 """
 
 from __future__ import annotations
@@ -201,7 +201,7 @@ def _pil():
     try:
         from PIL import Image
     except ImportError as e:  # pragma: no cover - Pillow is installed here
-        raise ImportError("camfast.datasets needs Pillow to read images: pip install pillow") from e
+        raise ImportError("camfast.evaluation.datasets needs Pillow to read images: pip install pillow") from e
     return Image
 
 
@@ -348,7 +348,7 @@ class Progress:
 # ----------------------------------------------------------------------------- collate
 
 def collate(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Batch sample dicts (for ``DataLoader(collate_fn=camfast.datasets.collate)``).
+    """Batch sample dicts (for ``DataLoader(collate_fn=camfast.evaluation.datasets.collate)``).
 
     Per key: tensors of one shape are stacked (``image`` ``(B, 3, H, W)``, ``mask``,
     ``ignore``, ``segmentation`` ``(B, H, W)`` when every image has one size); tensors of

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from camfast.datasets import _common as C
+from camfast.evaluation.datasets import _common as C
 
 __all__ = ["SyntheticWSOL"]
 
@@ -99,7 +99,7 @@ class SyntheticWSOL(Dataset):
         p_small: probability of an image with one small object (``p_multi + p_small <= 1``).
         clutter: strength of the background texture and distractors (0 = flat background).
         body_evidence: amplitude of the class grating on the body (0 = the head alone decides).
-        resize, transform: as :class:`camfast.datasets.VOCSegmentation` (applied per sample in
+        resize, transform: as :class:`camfast.evaluation.datasets.VOCSegmentation` (applied per sample in
             ``__getitem__``; :meth:`tensors` returns the stored ``S x S`` data).
 
     Example:

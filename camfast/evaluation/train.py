@@ -1,6 +1,6 @@
 """A small CPU training that compares GAP, TAP and Puzzle-CAM classifiers for WSOL.
 
-``python -m camfast.train`` trains, on the same data (:class:`camfast.datasets.SyntheticWSOL`)
+``python -m camfast.train`` trains, on the same data (:class:`camfast.evaluation.datasets.SyntheticWSOL`)
 and with the same budget (epochs, batch size, Adam with a cosine-decayed learning rate, initial
 weights):
 
@@ -42,8 +42,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from camfast._io import atomic_path
-from camfast.datasets import SyntheticWSOL
+from camfast.utils.io import atomic_path
+from camfast.evaluation.datasets import SyntheticWSOL
 from camfast.puzzle import PuzzleCAMLoss, puzzle_step
 
 __all__ = ["METHODS", "TinyCAMNet", "TrainConfig", "TrainResult", "build_model", "evaluate", "load_model_checkpoint",
@@ -299,7 +299,7 @@ def evaluate(net: TinyCAMNet, data: SyntheticWSOL, threshold: float = 0.2, stand
     ``threshold * max``: PaS), ``max_box_acc_v2`` and ``pxap`` (both threshold-free).
     """
     import camfast
-    from camfast import metrics
+    from camfast.evaluation import metrics
 
     if standard not in ("max", "percentile"):
         raise ValueError(f"standard must be 'max' or 'percentile', got {standard!r}")

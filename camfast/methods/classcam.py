@@ -1,0 +1,59 @@
+"""CAM (Zhou, Khosla, Lapedriza, Oliva, Torralba, CVPR 2016) from the classifier weights, and
+its negative-weight-clamping variant NWC (Bae, Noh, Kim, ECCV 2020; METHODS.md "CAM" and
+"Rethinking-CAM")."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from camfast.methods.engine import (CAMResult, check_input, classifier_head, pooled_features, result_size,
+                                    target_indices, unit_scale)
+from camfast.methods.registry import register, register_variant
+from camfast.ops import upsample_aggregate
+
+
+def cam_weights(features: Tensor, weight: Tensor, clamp_negative_weights: bool = False) -> Tensor:
+    """``M = sum_c W[target, c] * F_c`` for features ``(B, C, h, w)`` and the target rows of the
+    classifier weight ``(B, C)``; ``max(W, 0)`` with ``clamp_negative_weights`` (NWC)."""
+    if clamp_negative_weights:
+        weight = weight.clamp_min(0)
+    return torch.einsum("bchw,bc->bhw", features.to(torch.float32), weight.to(torch.float32))
+
+
+@register("cam", display="CAM", kind="classifier-weight",
+          summary="classifier weights times the features before global pooling (Zhou et al. 2016)")
+def cam(model, x, target=None, clamp_negative_weights=False, output_size=None, *, return_layers=False,
+        output_fn=None):
+    """CAM from the classifier weights after global pooling.
+
+    ``M = sum_c W[target, c] * F_c`` (:func:`cam_weights`) with ``F`` the features entering
+    the global pooling and ``W`` the following linear layer's weight; no gradient is computed
+    (one forward, in ``torch.no_grad``). ``clamp_negative_weights=True`` uses ``max(W, 0)``
+    (NWC, Bae et al. 2020). The map is min-max normalised and bilinearly upsampled to the
+    output size.
+
+    Args:
+        model: a classifier with a global pooling (``nn.AdaptiveAvgPool2d``, ``nn.AvgPool2d``,
+            ``camfast.nn.ThresholdedAvgPool2d``) followed by an ``nn.Linear``.
+        x, output_size, return_layers, output_fn: as for :func:`camfast.zoom_cam`.
+        target: None (top class), an int or one class index per image (not callables).
+
+    Raises:
+        ValueError: if the model has no "global pooling then linear" head.
+    """
+    x = check_input(x)
+    size = result_size(x, output_size)
+    head = classifier_head(model)
+    logits, feats, _ = pooled_features(model, x, head, output_fn)
+    idx = target_indices(logits, target, "camfast.cam")
+    m = cam_weights(feats, head.linear.weight.detach()[idx], clamp_negative_weights)
+    out = upsample_aggregate([unit_scale(m)], size, reduce="max", normalize="minmax")
+    if return_layers:
+        return CAMResult(out, {head.pool_name: m}, logits, idx)
+    return out
+
+
+register_variant("cam-nwc", "cam", display="CAM + NWC",
+                 summary="CAM with negative classifier weights clamped to zero (Bae et al. 2020)",
+                 clamp_negative_weights=True)

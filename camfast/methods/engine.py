@@ -1,0 +1,406 @@
+"""The engine every CAM method runs on: inputs, targets, hooks, streaming gradients, fusion.
+
+This module is camfast's internal method API (public names, documented, stable within the
+package): a method file composes these pieces and registers itself with
+:func:`camfast.methods.registry.register`. Nothing here knows any method by name.
+
+Gradient methods (:func:`gradient_cam`) run one forward and one backward for the batch:
+
+1. forward hooks keep each chosen layer's output ``A_l`` (and register a tensor hook on it);
+2. the target score ``S = sum_b target_b(output_b)`` is differentiated with
+   ``torch.autograd.grad`` towards the *input* only (towards the layer's output when a
+   single layer is hooked: the backward then stops there), so no parameter gradient is
+   computed or accumulated (``.grad``, ``requires_grad`` and ``model.training`` are left
+   as they were);
+3. as soon as the gradient ``G_l = dS/dA_l`` reaches layer ``l`` during that backward, its
+   tensor hook turns ``(A_l, G_l)`` into the layer's map with the method's
+   :class:`WeightingRule` (a fused ``camfast::grad_weighted_map`` mode when the rule has
+   one, else its Python function) and lets the gradient go: no list of all layers'
+   gradients is ever held (streaming);
+4. the per-layer maps are min-max normalised, bilinearly upsampled and fused by
+   ``camfast::upsample_aggregate`` without materialising every upsampled layer
+   (:func:`fuse_maps`).
+
+Classifier-weight methods (CAM and its relatives) use :func:`classifier_head` and
+:func:`pooled_features` (one forward, no backward). Hooks are removed in every case
+(errors, KeyboardInterrupt).
+"""
+
+from __future__ import annotations
+
+import numbers
+import operator
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from camfast.methods.layers import resolve_layers
+from camfast.nn import ThresholdedAvgPool2d
+from camfast.ops import grad_weighted_map, upsample_aggregate
+
+__all__ = [
+    "CAMResult", "ClassifierHead", "Layers", "OutputSize", "Target", "WeightingRule", "check_input",
+    "classifier_head", "class_maps", "fuse_maps", "gradient_cam", "gradient_layer_maps", "logits_of",
+    "pooled_features", "result_size", "target_indices", "target_score", "unit_scale",
+]
+
+Target = int | Sequence[int] | Tensor | Callable[[Tensor], Tensor] | Sequence[Callable[[Tensor], Tensor]] | None
+Layers = str | nn.Module | Iterable[str | nn.Module] | None
+OutputSize = int | Sequence[int] | None
+
+
+class CAMResult(NamedTuple):
+    """What the CAM functions return with ``return_layers=True``.
+
+    Attributes:
+        cam: ``(B, H, W)`` float32 map in [0, 1].
+        layer_maps: per-layer maps ``{name: (B, h_l, w_l)}`` before normalisation.
+        logits: the model output used for the score (detached).
+        targets: ``(B,)`` class indices, or None when the target was given as callables.
+    """
+
+    cam: Tensor
+    layer_maps: dict[str, Tensor]
+    logits: Tensor
+    targets: Tensor | None
+
+
+# ------------------------------------------------------------------------------ inputs
+def check_input(x: object) -> Tensor:
+    """``x`` as a batch of images ``(B, C, H, W)`` (floating, non-empty), else a clear error."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() != 4:
+        raise ValueError(f"x must be a batch of images (B, C, H, W), got shape {tuple(x.shape)}")
+    if x.shape[0] == 0:
+        raise ValueError("x must hold at least one image")
+    if not x.is_floating_point():
+        raise TypeError(f"x must be a floating tensor, got {x.dtype}")
+    return x
+
+
+def result_size(x: Tensor, size: OutputSize) -> tuple[int, int]:
+    """``(H, W)`` of a method's result: ``size`` (an int or a pair of ints), default the input's."""
+    if size is None:
+        return int(x.shape[-2]), int(x.shape[-1])
+    items = [size, size] if isinstance(size, numbers.Integral) else size
+    try:
+        if isinstance(items, (str, bytes)) or isinstance(size, bool):
+            raise TypeError
+        h, w = (operator.index(s) for s in items)
+        if any(isinstance(s, bool) for s in items):
+            raise TypeError
+    except (TypeError, ValueError):
+        raise TypeError(f"output_size must be a positive int or (H, W) of ints, got {size!r}") from None
+    if min(h, w) <= 0:
+        raise ValueError(f"output_size must be positive, got {size!r}")
+    return h, w
+
+
+def logits_of(out: Any, output_fn: Callable[[Any], Tensor] | None) -> Tensor:
+    """The ``(B, num_classes)`` scores in a model output (``output_fn`` picks them when given)."""
+    if output_fn is not None:
+        out = output_fn(out)
+    if not isinstance(out, Tensor):
+        raise TypeError(
+            f"the model returned {type(out).__name__}, not a tensor of class scores; pass "
+            "output_fn=... to pick the logits (e.g. output_fn=lambda out: out[0])"
+        )
+    if out.dim() != 2:
+        raise ValueError(f"expected the model's class scores as (B, num_classes), got shape {tuple(out.shape)}")
+    return out
+
+
+def target_score(logits: Tensor, target: Target) -> tuple[Tensor, Tensor | None]:
+    """The scalar to differentiate, ``sum_b target_b(logits_b)``, and the class indices.
+
+    ``target``: None (each row's top class), an int, one class per row (a sequence or 1-D
+    tensor) or callables on one row's scores (one for all rows, or one per row; the indices
+    are then None).
+    """
+    B, K = logits.shape
+    if callable(target):
+        target = [target] * B
+    if isinstance(target, (list, tuple)) and target and all(callable(t) for t in target):
+        if len(target) != B:
+            raise ValueError(f"target: {len(target)} callables for a batch of {B}")
+        return torch.stack([torch.as_tensor(t(logits[b])).sum() for b, t in enumerate(target)]).sum(), None
+    if target is None:
+        idx = logits.detach().argmax(dim=1)
+    elif isinstance(target, int):
+        idx = torch.full((B,), target, dtype=torch.long, device=logits.device)
+    else:
+        idx = torch.as_tensor(target, device=logits.device)
+        if idx.dim() != 1 or idx.numel() != B or idx.dtype.is_floating_point:
+            raise ValueError(f"target must be None, an int, {B} class indices or callables; got {target!r}")
+        idx = idx.long()
+    if bool(((idx < 0) | (idx >= K)).any()):
+        raise ValueError(f"target class out of range [0, {K}): {idx.tolist()}")
+    return logits.gather(1, idx[:, None]).sum(), idx
+
+
+def target_indices(logits: Tensor, target: Target, method: str) -> Tensor:
+    """``(B,)`` class indices for methods that take classes, not callables (``method`` names
+    the caller in the error)."""
+    if target is not None and (callable(target) or (isinstance(target, (list, tuple)) and target
+                                                   and callable(target[0]))):
+        raise TypeError(f"{method} takes class indices as target, not callables")
+    _, idx = target_score(logits, target)
+    assert idx is not None
+    return idx
+
+
+# ------------------------------------------------------------------------------ gradient methods
+@dataclass(frozen=True)
+class WeightingRule:
+    """How a gradient method turns one layer's activation and gradient into its map.
+
+    Attributes:
+        function: ``(A, G) -> M``, ``(B, C, h, w)`` pairs to ``(B, h, w)``: the readable
+            definition in plain PyTorch (differentiable; it works at once for a new method).
+        kernel_mode: the ``camfast::grad_weighted_map`` mode computing the same map in one
+            fused pass, when one exists (tests check it against ``function``); None runs
+            ``function``.
+    """
+
+    function: Callable[[Tensor, Tensor], Tensor]
+    kernel_mode: str | None = None
+
+    def __call__(self, activation: Tensor, gradient: Tensor) -> Tensor:
+        if self.kernel_mode is not None:
+            return grad_weighted_map(activation, gradient, self.kernel_mode)
+        return self.function(activation, gradient)
+
+
+class _LayerTap:
+    """A forward hook that keeps one layer's output and maps it as its gradient arrives."""
+
+    def __init__(self, name: str, rule: WeightingRule, reshape_transform: Callable[[Tensor], Tensor] | None,
+                 create_graph: bool) -> None:
+        self.name = name
+        self.rule = rule
+        self.reshape_transform = reshape_transform
+        self.create_graph = create_graph
+        self.activation: Tensor | None = None
+        self.version = 0
+        self.calls = 0
+        self.map: Tensor | None = None
+        self.spatial: tuple[int, int] | None = None
+
+    def forward_hook(self, module: nn.Module, inputs: Any, output: Any) -> None:
+        self.calls += 1
+        if self.calls > 1:
+            raise RuntimeError(
+                f"layer {self.name!r} ran more than once in one forward pass; choose layers that run once"
+            )
+        if not isinstance(output, Tensor):
+            raise TypeError(f"layer {self.name!r} returned {type(output).__name__}; camfast needs a tensor output")
+        self.activation = output
+        self.version = output._version
+        feat = self._features(output.detach())
+        self.spatial = (int(feat.shape[-2]), int(feat.shape[-1]))
+        if output.requires_grad:
+            output.register_hook(self.gradient_hook)
+
+    def _features(self, t: Tensor) -> Tensor:
+        if self.reshape_transform is not None:
+            t = self.reshape_transform(t)
+        if t.dim() != 4:
+            raise ValueError(
+                f"layer {self.name!r} gives shape {tuple(t.shape)}, not (B, C, h, w); "
+                "pass reshape_transform=... for token outputs (vision transformers)"
+            )
+        return t
+
+    def gradient_hook(self, grad: Tensor) -> None:
+        act = self.activation
+        if act is None:
+            # Already mapped, or a later backward through a create_graph=True graph: the
+            # hook stays on the tensor but has nothing more to do.
+            return
+        if act._version != self.version:
+            raise RuntimeError(
+                f"the output of layer {self.name!r} was modified in place after it was recorded "
+                "(an inplace activation after it?); hook the following layer instead"
+            )
+        if not self.create_graph:
+            act, grad = act.detach(), grad.detach()
+        a, g = self._features(act), self._features(grad)
+        if g.dtype != a.dtype:
+            g = g.to(a.dtype)
+        with torch.set_grad_enabled(self.create_graph):
+            self.map = self.rule(a, g)
+        self.activation = None  # the gradient and our reference to the activation go now
+
+
+def gradient_layer_maps(
+    model: nn.Module, x: Tensor, target: Target, layers: list[tuple[str, nn.Module]], rule: WeightingRule,
+    reshape_transform: Callable[[Tensor], Tensor] | None = None,
+    output_fn: Callable[[Any], Tensor] | None = None, create_graph: bool = False,
+) -> tuple[list[Tensor], Tensor, Tensor | None]:
+    """One forward and one streaming backward: ``(per-layer maps, logits, class indices)``.
+
+    ``layers`` are ``(name, module)`` pairs (:func:`camfast.methods.layers.resolve_layers`);
+    each map is ``rule(A_l, G_l)`` as ``(B, h_l, w_l)``, zero for a layer the score does not
+    depend on.
+    """
+    taps = [_LayerTap(name, rule, reshape_transform, create_graph) for name, _ in layers]
+    handles = []
+    try:
+        for tap, (_, module) in zip(taps, layers):
+            handles.append(module.register_forward_hook(tap.forward_hook))
+        with torch.enable_grad():
+            # Differentiate towards the input only: every hooked layer lies between it and
+            # the score, so each tap's hook fires, and no parameter gradient is computed.
+            x_in = x if x.requires_grad else x.detach().requires_grad_(True)
+            logits = logits_of(model(x_in), output_fn)
+            score, idx = target_score(logits, target)
+            if not score.requires_grad:
+                raise RuntimeError("the target score does not depend on the input: is the model frozen in no_grad?")
+            wrt = x_in
+            act = taps[0].activation if len(taps) == 1 else None
+            if act is not None and act.requires_grad and act._version == taps[0].version:
+                # One layer (Grad-CAM): the backward stops at that layer's output instead of
+                # running through every layer below it (its hook fires all the same). Not
+                # when the output was modified in place: the input then, and the hook raises.
+                wrt = act
+            del act
+            torch.autograd.grad(score, (wrt,), create_graph=create_graph, allow_unused=True)
+    finally:
+        for h in handles:
+            h.remove()
+        for tap in taps:
+            tap.activation = None
+    maps = []
+    for tap in taps:
+        if tap.calls == 0:
+            raise RuntimeError(f"layer {tap.name!r} did not run in the forward pass")
+        if tap.map is None:  # the layer does not influence the score: its map is zero
+            assert tap.spatial is not None
+            tap.map = x.new_zeros((x.shape[0], *tap.spatial), dtype=torch.float32)
+        maps.append(tap.map)
+    return maps, logits.detach(), idx
+
+
+def unit_scale(m: Tensor) -> Tensor:
+    """``m / max|m|`` per sample (float32): min-max normalisation's fixed ``eps`` (1e-7) is then
+    negligible whatever the maps' magnitude (gradients of an untrained network are ~1e-6)."""
+    m = m.float()
+    scale = m.detach().abs().amax(dim=(-2, -1), keepdim=True)
+    return m / scale.clamp_min(torch.finfo(torch.float32).tiny)
+
+
+def fuse_maps(maps: list[Tensor], size: tuple[int, int], fuse: str = "max") -> Tensor:
+    """Per-layer maps ``(B, h_l, w_l)`` -> ``(B, H, W)`` in [0, 1]: each unit-scaled and
+    min-max normalised, bilinearly upsampled, fused by ``fuse`` (``"max"`` or ``"mean"``),
+    normalised again when there is more than one layer."""
+    if fuse not in ("max", "mean"):
+        raise ValueError(f"fuse must be 'max' or 'mean', got {fuse!r}")
+    maps = [unit_scale(m) for m in maps]
+    fused = upsample_aggregate(maps, size, reduce=fuse, normalize="minmax")
+    if len(maps) > 1:  # back to [0, 1] after fusing; a single normalised layer already is
+        fused = upsample_aggregate([fused], size, reduce="max", normalize="minmax")
+    return fused
+
+
+def gradient_cam(model: nn.Module, x: Tensor, target: Target, layers: Layers, rule: WeightingRule, *,
+                 fuse: str = "max", output_size: OutputSize = None, return_layers: bool = False,
+                 reshape_transform: Callable[[Tensor], Tensor] | None = None,
+                 output_fn: Callable[[Any], Tensor] | None = None, create_graph: bool = False,
+                 argument: str = "layers", single: bool = False):
+    """A whole gradient method: check, resolve ``layers`` (None: ``find_layers``), stream the
+    per-layer maps with ``rule``, fuse them. Returns ``(B, H, W)`` or a :class:`CAMResult`.
+
+    ``single=True``: ``layers`` must be one module name or module (named ``argument``)."""
+    if single and not isinstance(layers, (str, nn.Module)):
+        raise TypeError(f"{argument} must be a module name or an nn.Module, got {type(layers).__name__}")
+    x = check_input(x)
+    size = result_size(x, output_size)
+    chosen = resolve_layers(model, layers, argument)
+    maps, logits, idx = gradient_layer_maps(model, x, target, chosen, rule, reshape_transform, output_fn,
+                                            create_graph)
+    out = fuse_maps(maps, size, fuse)
+    if return_layers:
+        return CAMResult(out, {name: m for (name, _), m in zip(chosen, maps)}, logits, idx)
+    return out
+
+
+# ------------------------------------------------------------------------------ classifier weights
+_POOLS = (nn.AdaptiveAvgPool2d, nn.AvgPool2d, nn.AdaptiveMaxPool2d, ThresholdedAvgPool2d)
+
+
+class ClassifierHead(NamedTuple):
+    """A "global pooling, then linear" head: the pooling's name and module, and the linear layer."""
+
+    pool_name: str
+    pool: nn.Module
+    linear: nn.Linear
+
+
+def classifier_head(model: nn.Module, method: str = "camfast.cam") -> ClassifierHead:
+    """The global pooling module and the linear layer after it (last of each, in order)."""
+    modules = list(model.named_modules())
+    linears = [(i, n, m) for i, (n, m) in enumerate(modules) if isinstance(m, nn.Linear)]
+    pools = [(i, n, m) for i, (n, m) in enumerate(modules) if isinstance(m, _POOLS)]
+    if linears and pools:
+        li, _, linear = linears[-1]
+        before = [p for p in pools if p[0] < li]
+        if before:
+            return ClassifierHead(before[-1][1], before[-1][2], linear)
+    raise ValueError(
+        f"{method} needs a global pooling followed by a linear classifier and found none in "
+        f"{type(model).__name__} (looked for nn.AdaptiveAvgPool2d / nn.AvgPool2d / "
+        "camfast.nn.ThresholdedAvgPool2d registered before an nn.Linear); use grad_cam for other models"
+    )
+
+
+def pooled_features(model: nn.Module, x: Tensor, head: ClassifierHead,
+                    output_fn: Callable[[Any], Tensor] | None = None,
+                    capture: dict[str, nn.Module] | None = None,
+                    keep: Callable[[Tensor], bool] | None = None) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+    """One forward in ``torch.no_grad``: ``(logits, features entering the pooling, captured)``.
+
+    ``capture`` names layers whose outputs are kept too (those for which ``keep(output)`` is
+    true, when given).
+    """
+    got: list[Tensor] = []
+    outs: dict[str, Tensor] = {}
+
+    def keep_output(name: str, out: Any) -> None:
+        if isinstance(out, Tensor) and (keep is None or keep(out)):
+            outs[name] = out
+
+    hooks = [head.pool.register_forward_pre_hook(lambda m, i: got.append(i[0]))]
+    for n, m in (capture or {}).items():
+        hooks.append(m.register_forward_hook(lambda mod, i, o, n=n: keep_output(n, o)))
+    try:
+        with torch.no_grad():
+            logits = logits_of(model(x), output_fn)
+    finally:
+        for h in hooks:
+            h.remove()
+    if len(got) != 1 or got[0].dim() != 4:
+        raise ValueError(f"the pooling module {head.pool_name!r} did not receive one (B, C, h, w) input")
+    feats = got[0]
+    if feats.shape[1] != head.linear.in_features:
+        raise ValueError(
+            f"features entering {head.pool_name!r} have {feats.shape[1]} channels but the "
+            f"classifier expects {head.linear.in_features}"
+        )
+    return logits, feats, outs
+
+
+def class_maps(model: nn.Module, x: Tensor) -> Tensor:
+    """All classes' maps ``(B, K, h, w)`` float32 of a classifier: the model's own
+    ``class_maps(x)`` method when it has one, else ``W @ features`` of its
+    :func:`classifier_head` (one forward, no gradient)."""
+    own = getattr(model, "class_maps", None)
+    if callable(own):
+        with torch.no_grad():
+            return own(x).float()
+    head = classifier_head(model)
+    _, feats, _ = pooled_features(model, x, head)
+    return torch.einsum("bchw,kc->bkhw", feats.float(), head.linear.weight.detach().float())

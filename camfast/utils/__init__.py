@@ -1,0 +1,1 @@
+"""Utilities shared by every layer: atomic writes (:mod:`camfast.utils.io`)."""
