@@ -15,7 +15,7 @@ from camfast.evaluation import metrics, wsol
 from camfast.evaluation import train as T
 from camfast.cli import main as cli_main
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 _FRACTIONS = ("f_ois", "f_ods", "mae")
 
 
