@@ -27,7 +27,7 @@ from camfast import pseudolabel
 from camfast.cli import main as cli_main
 from camfast.cli.pseudolabel import PseudoLabelConfig, find_images, parse_labels, voc_palette
 
-TESTS = Path(__file__).resolve().parent
+TESTS = Path(__file__).resolve().parents[1]  # tests/ (pseudo_label_models.py)
 ROOT = TESTS.parent
 TINY = "pseudo_label_models:tiny"
 SIZE = 32
