@@ -24,7 +24,7 @@ Loaders of the standard layouts: :class:`VOCSegmentation`, :class:`CUB`,
 :class:`SyntheticWSOL`. Pillow is imported only when an image file is read.
 """
 
-from camfast.evaluation.datasets._common import collate, multi_hot
+from camfast.evaluation.datasets.common import collate, multi_hot
 from camfast.evaluation.datasets.cub import CUB
 from camfast.evaluation.datasets.imagenet import ImageNetVal
 from camfast.evaluation.datasets.synthetic import SyntheticWSOL

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from camfast.evaluation.datasets import _common as C
+from camfast.evaluation.datasets import common as C
 
 __all__ = ["SyntheticWSOL"]
 

@@ -8,7 +8,7 @@ from typing import Any, Callable
 import torch
 from torch.utils.data import Dataset
 
-from camfast.evaluation.datasets import _common as C
+from camfast.evaluation.datasets import common as C
 
 __all__ = ["VOC_CLASSES", "VOCSegmentation"]
 
