@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["boxes_from_cam", "normalize"]
+__all__ = ["boxes_from_cam", "normalize", "opencv"]
 
 _NORMALIZE_METHODS = ("minmax", "percentile")
 _STANDARDS = ("max", "percentile")
@@ -116,12 +116,14 @@ def normalize(cam: Tensor, method: str = "minmax", q: float | None = None) -> Te
     return out.reshape(x.shape)
 
 
-def _cv2() -> Any:
+def opencv(needed_by: str = "camfast.boxes_from_cam") -> Any:
+    """The ``cv2`` module, or an ImportError saying that ``needed_by`` needs OpenCV and how to
+    install it (every contour-based box extraction in camfast imports OpenCV through here)."""
     try:
         import cv2
     except ImportError as e:  # pragma: no cover - exercised by monkeypatching in tests
         raise ImportError(
-            "camfast.boxes_from_cam needs OpenCV: pip install opencv-python-headless "
+            f"{needed_by} needs OpenCV: pip install opencv-python-headless "
             "(or pip install 'camfast[loc]')"
         ) from e
     return cv2
@@ -191,7 +193,7 @@ def boxes_from_cam(
     q = _check_q(q)
     contours = _choice("contours", contours, _CONTOURS)
     box_format = _choice("box_format", box_format, _BOX_FORMATS)
-    cv2 = _cv2()
+    cv2 = opencv()
 
     maps = cam.unsqueeze(0) if cam.dim() == 2 else cam
     height, width = int(maps.shape[-2]), int(maps.shape[-1])

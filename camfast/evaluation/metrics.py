@@ -54,11 +54,13 @@ from torch import Tensor
 
 __all__ = [
     "BoxAccDetails", "FMeasure", "FMeasureResult", "GTKnownLoc", "MAE", "MIoU", "MaxBoxAcc", "MaxBoxAccV2",
-    "PxAP", "Top1Loc", "default_cam_thresholds",
+    "PxAP", "Top1Loc", "contour_boxes", "default_cam_thresholds",
 ]
 
 _BOX_FORMATS = ("wsol", "inclusive")
-_FEW_CONTOURS = 32  # up to this many contours per mask, rectangles and areas come from OpenCV calls
+#: Up to this many contours per mask, :func:`contour_boxes` takes rectangles and areas from OpenCV
+#: calls; above it, from numpy over all contour points at once (same numbers, tested).
+FEW_CONTOURS = 32
 
 
 def default_cam_thresholds() -> np.ndarray:
@@ -72,15 +74,9 @@ def default_cam_thresholds() -> np.ndarray:
 
 # ------------------------------------------------------------------------------ validation
 def _cv2() -> Any:
-    from camfast.localization import _cv2 as loc_cv2
+    from camfast.localization import opencv
 
-    try:
-        return loc_cv2()
-    except ImportError as e:
-        raise ImportError(
-            "camfast.metrics box metrics need OpenCV: pip install opencv-python-headless "
-            "(or pip install 'camfast[loc]')"
-        ) from e
+    return opencv("camfast.metrics' box metrics")
 
 
 def _thresholds(name: str, values: object, default: np.ndarray, increasing: bool, below_one: bool) -> np.ndarray:
@@ -187,9 +183,10 @@ def _no_data(name: str) -> RuntimeError:
 
 
 # ------------------------------------------------------------------------------ boxes
-def _contour_boxes(cv2: Any, mask: np.ndarray, largest: bool, offset: tuple[int, int] = (0, 0)
-                   ) -> tuple[np.ndarray, tuple[int, int, int, int] | None]:
-    """Bounding rectangles ``(x_min, y_min, x_max, y_max)`` (inclusive) of the contours of ``mask``.
+def contour_boxes(mask: np.ndarray, largest: bool = False, offset: tuple[int, int] = (0, 0), *, cv2: Any = None
+                  ) -> tuple[np.ndarray, tuple[int, int, int, int] | None]:
+    """Bounding rectangles ``(x_min, y_min, x_max, y_max)`` (inclusive) of the contours of ``mask``
+    (a ``uint8`` binary array; step 3-4 of the module docstring, before the box format).
 
     The same rectangles as ``cv2.boundingRect`` (``x = x_min``, ``w = x_max - x_min + 1``) and,
     for ``largest``, the contour of largest ``cv2.contourArea`` (shoelace on the same integer
@@ -197,10 +194,11 @@ def _contour_boxes(cv2: Any, mask: np.ndarray, largest: bool, offset: tuple[int,
     added to every point (``mask`` is a crop). Also returns the bounding box of all contour
     points (= of the mask's foreground), None when there is no contour.
     """
+    cv2 = cv2 if cv2 is not None else _cv2()
     contours = cv2.findContours(mask, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE, offset=offset)[-2]
     if len(contours) == 0:
         return np.zeros((0, 4), dtype=np.int64), None
-    if len(contours) <= _FEW_CONTOURS:  # OpenCV per contour: cheaper than numpy's fixed costs
+    if len(contours) <= FEW_CONTOURS:  # OpenCV per contour: cheaper than numpy's fixed costs
         rects = [cv2.boundingRect(c) for c in contours]
         extent = (min(r[0] for r in rects), min(r[1] for r in rects),
                   max(r[0] + r[2] for r in rects) - 1, max(r[1] + r[3] for r in rects) - 1)
@@ -337,7 +335,7 @@ class _BoxAccumulator(abc.ABC):
                     mask = cv2.threshold(crop, int(levels[j]), 1, cv2.THRESH_BINARY)[1]
                 else:
                     mask = np.ascontiguousarray(stack[len(filled) - 1 - rank, y0:y1 + 1, x0:x1 + 1])
-                rect, extent = _contour_boxes(cv2, mask, largest, (x0, y0))
+                rect, extent = contour_boxes(mask, largest, (x0, y0), cv2=cv2)
                 x0, y0, x1, y1 = extent  # a non-empty mask has at least one contour
                 preds.append(rect)
                 owners.append(len(rect))

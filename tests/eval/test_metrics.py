@@ -237,7 +237,7 @@ def test_box_curve_equals_per_image_reference(multi, low):
 
 def test_contour_boxes_equal_opencv_per_contour():
     # the step from a mask to boxes, on masks with a few and with many (> 32) contours
-    from camfast.evaluation.metrics import _FEW_CONTOURS, _contour_boxes
+    from camfast.evaluation.metrics import FEW_CONTOURS, contour_boxes
 
     counts = []
     for low in (4, 30):
@@ -249,11 +249,11 @@ def test_contour_boxes_equal_opencv_per_contour():
                 counts.append(len(contours))
                 rects = [cv2.boundingRect(c) for c in contours]
                 every = [[x, y, x + w - 1, y + h - 1] for x, y, w, h in rects]
-                got, extent = _contour_boxes(cv2, mask, largest=False)
+                got, extent = contour_boxes(mask, largest=False)
                 assert got.tolist() == every
                 ys, xs = np.nonzero(mask)
                 assert extent == (None if len(xs) == 0 else (xs.min(), ys.min(), xs.max(), ys.max()))
-                got1, _ = _contour_boxes(cv2, mask, largest=True)
+                got1, _ = contour_boxes(mask, largest=True)
                 if contours:
                     x, y, w, h = cv2.boundingRect(max(contours, key=cv2.contourArea))
                     assert got1.tolist() == [[x, y, x + w - 1, y + h - 1]]
@@ -263,8 +263,8 @@ def test_contour_boxes_equal_opencv_per_contour():
                 if len(xs):
                     x0, y0 = int(xs.min()), int(ys.min())
                     crop = np.ascontiguousarray(mask[y0:, x0:])
-                    assert _contour_boxes(cv2, crop, largest=False, offset=(x0, y0))[0].tolist() == every
-    assert min(counts) <= _FEW_CONTOURS < max(counts)
+                    assert contour_boxes(crop, largest=False, offset=(x0, y0), cv2=cv2)[0].tolist() == every
+    assert min(counts) <= FEW_CONTOURS < max(counts)
 
 
 def test_box_matches_boxes_from_cam_and_custom_grid():
