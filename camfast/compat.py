@@ -249,5 +249,14 @@ for _spec in registry.specs("gradient"):
     if _spec.compat:
         globals()[_spec.compat] = _compat_class(_spec)
 
-__all__ = ["ClassifierOutputTarget",
-           *sorted(s.compat for s in registry.specs("gradient") if s.compat)]
+
+def __getattr__(name: str) -> type[_BaseCAM]:
+    # A method registered after this module was imported (a user's own) still gets its class.
+    for spec in registry.specs("gradient"):
+        if spec.compat == name:
+            cls = globals()[name] = _compat_class(spec)
+            return cls
+    raise AttributeError(f"module 'camfast.compat' has no attribute {name!r}")
+
+
+__all__ = ["ClassifierOutputTarget", *sorted(s.compat for s in registry.specs("gradient") if s.compat)]

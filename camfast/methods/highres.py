@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from camfast.localization import normalize
-from camfast.methods.engine import check_input, classifier_head, pooled_features, target_indices
+from camfast.methods.engine import check_input, classifier_head, pooled_features, result_size, target_indices
 from camfast.methods.layers import resolve_layers
 from camfast.methods.registry import register, register_variant
 
@@ -178,7 +178,7 @@ def _guided_up(cam: Tensor, guides: Sequence[Tensor], eps: float, radii_log: lis
 def rcam(model: nn.Module, x: Tensor, target=None, scales: Sequence[float] = (1, 2), crf: bool = True,
          shape_layer: str | nn.Module | None = None, *, eps: float = 1e-3, image: Any = None,
          crf_iters: int = 5, output_fn=None, return_intermediates: bool = False,
-         crf_workers: int | None = None):
+         crf_workers: int | None = None, output_size=None, return_layers: bool = False):
     """High-resolution CAM (rCAM) of the top class of ``x`` (the rCAM paper's pipeline).
 
     Args:
@@ -196,12 +196,16 @@ def rcam(model: nn.Module, x: Tensor, target=None, scales: Sequence[float] = (1,
         crf_iters: CRF mean-field iterations.
         crf_workers: processes for the batch's CRF (:func:`camfast.crf.refine`'s ``workers``: default
             one per image up to the CPU count; 1 runs in this process, cheaper for small images).
-        return_intermediates: return an :class:`RCAMResult` with every stage.
+        return_intermediates: return an :class:`RCAMResult` with every stage
+            (``return_layers=True`` is the same, the name the other methods use).
+        output_size: ``(H, W)`` of the result (bilinear resize of the final map); default
+            the input's.
 
     Returns:
         ``(B, H, W)`` float32 in [0, 1], or an :class:`RCAMResult`.
     """
     x = check_input(x)
+    size = result_size(x, output_size)
     if len(scales) != 2 or scales[0] != 1 or scales[1] <= 1:
         raise ValueError(f"scales must be (1, s) with s > 1, got {tuple(scales)!r}")
     B, _, H, W = x.shape
@@ -249,7 +253,9 @@ def rcam(model: nn.Module, x: Tensor, target=None, scales: Sequence[float] = (1,
         refined = crf_module.refine(image if image.ndim == 4 else image[None], rcam3.cpu().numpy(), iters=crf_iters,
                                      workers=crf_workers)
         out = torch.from_numpy(refined).to(x.device)
-    if return_intermediates:
+    if size != (H, W):
+        out = F.interpolate(out[:, None].float(), size=size, mode="bilinear", align_corners=False)[:, 0].clamp(0, 1)
+    if return_intermediates or return_layers:
         return RCAMResult(out, cam1, cam2, rcam1, rcam2, rcam3, radii, idx)
     return out
 

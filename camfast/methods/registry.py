@@ -7,8 +7,8 @@ the WSOL table, the benchmarks and :mod:`camfast.compat` all read this table, so
 registered here appears in all of them.
 
 Names: each method has one canonical, lower-case, hyphenated name (``"zoom-cam"``).
-:func:`get` also accepts any spelling that differs only in case, hyphens, underscores or
-spaces (``"zoom_cam"``, ``"ZoomCAM"``, ``"Zoom-CAM"``), and the function itself.
+:func:`get` also accepts any spelling that differs only in case and punctuation
+(``"zoom_cam"``, ``"ZoomCAM"``, ``"Zoom-CAM"``; the display names), and the function itself.
 
 Calling convention of a registered function (what front ends rely on)::
 
@@ -28,7 +28,7 @@ from typing import Any
 
 from camfast.methods.engine import WeightingRule
 
-__all__ = ["KINDS", "MethodSpec", "canonical", "get", "names", "register", "register_variant", "specs"]
+__all__ = ["KINDS", "MethodSpec", "canonical", "get", "names", "register", "register_variant", "specs", "unregister"]
 
 #: What a method needs from the model: gradients (one backward), the classifier weights
 #: (a "global pooling then linear" head, no backward), or forward passes only.
@@ -88,11 +88,12 @@ class MethodSpec:
 
 
 _REGISTRY: dict[str, MethodSpec] = {}
+_ALIASES: dict[str, str] = {}  # canonical display name -> canonical name
 
 
 def canonical(name: str) -> str:
-    """The lookup key of a spelling: lower case without hyphens, underscores or spaces."""
-    return "".join(ch for ch in name.lower() if ch not in "-_ ")
+    """The lookup key of a spelling: its letters and digits, lower case."""
+    return "".join(ch for ch in name.lower() if ch.isalnum())
 
 
 def register(name: str, *, display: str, kind: str, summary: str, rule: WeightingRule | None = None,
@@ -143,6 +144,21 @@ def _add(spec: MethodSpec) -> None:
     if old is not None and old.function is not spec.function:
         raise ValueError(f"a method named {spec.name!r} is registered already ({old.function.__module__})")
     _REGISTRY[key] = spec
+    alias = canonical(spec.display)
+    if alias != key and alias not in _REGISTRY:
+        _ALIASES.setdefault(alias, key)
+
+
+def unregister(name: str) -> MethodSpec:
+    """Remove a row (and any variant of it) and return it; for tests and user plugins."""
+    spec = get(name)
+    for key, other in list(_REGISTRY.items()):
+        if other is spec or other.base == spec.name:
+            del _REGISTRY[key]
+    for alias, key in list(_ALIASES.items()):
+        if key not in _REGISTRY:
+            del _ALIASES[alias]
+    return spec
 
 
 def _load() -> None:
@@ -164,7 +180,8 @@ def get(name: str | Callable[..., Any]) -> MethodSpec:
         raise ValueError(f"{getattr(name, '__name__', name)!r} is not a registered camfast method")
     if not isinstance(name, str):
         raise TypeError(f"method must be a name (str), got {type(name).__name__}")
-    spec = _REGISTRY.get(canonical(name))
+    key = canonical(name)
+    spec = _REGISTRY.get(key) or _REGISTRY.get(_ALIASES.get(key, ""))
     if spec is None:
         raise ValueError(f"unknown method {name!r}; choose one of {', '.join(names())}")
     return spec
