@@ -21,6 +21,7 @@ from camfast.methods.layercam import layer_cam  # isort: skip
 from camfast.methods.classcam import cam  # isort: skip
 from camfast.methods.highres import RCAMResult, pca_guide, rcam, variogram_radius  # isort: skip
 from camfast.methods.multiscale import multiscale_class_cam  # isort: skip
+from camfast.methods.xgradcam import x_grad_cam  # isort: skip
 
 __all__ = ["CAMResult", "MethodSpec", "RCAMResult", "find_layers", "get", "names", "pca_guide", "specs",
            "variogram_radius", *(s.function.__name__ for s in specs() if s.base is None)]

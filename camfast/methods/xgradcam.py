@@ -1,0 +1,28 @@
+"""XGrad-CAM (Fu, Hu, Wang, Zhang, Zhou, Su, BMVC 2020; METHODS.md "More per-layer weightings")."""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from camfast.methods.engine import WeightingRule
+from camfast.methods.gradcam import single_layer_cam
+from camfast.methods.registry import register
+
+
+def xgradcam_weights(activation: Tensor, gradient: Tensor) -> Tensor:
+    """``M = ReLU(sum_c w_c A_c)`` with ``w_c = sum_hw(G_c * A_c) / (sum_hw A_c + 1e-7)``: the
+    gradient weighted by the activation's share of the channel. ``(B, C, h, w) -> (B, h, w)``."""
+    w = (gradient * activation).sum(dim=(2, 3), keepdim=True) / (activation.sum(dim=(2, 3), keepdim=True) + 1e-7)
+    return (w * activation).sum(1).clamp_min(0)
+
+
+RULE = WeightingRule(xgradcam_weights)
+
+
+@register("x-grad-cam", display="XGrad-CAM", kind="gradient", rule=RULE, compat="XGradCAM",
+          summary="axiom-based channel weights sum(G*A)/sum(A), one layer (Fu et al. 2020)")
+def x_grad_cam(model, x, target=None, layer=None, output_size=None, *, return_layers=False,
+               reshape_transform=None, output_fn=None, create_graph=False):
+    """XGrad-CAM on one layer (:func:`xgradcam_weights`). Arguments as for :func:`camfast.grad_cam`."""
+    return single_layer_cam(model, x, target, layer, RULE, output_size, return_layers, reshape_transform, output_fn,
+                            create_graph)
