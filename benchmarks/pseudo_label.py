@@ -140,7 +140,7 @@ def make_jpegs(folder: Path, n: int, seed: int = 0) -> None:
 def pipeline(folder: Path, out: Path, args: argparse.Namespace, spec: Any,
              progress: Callable[[str], None]) -> tuple[list[float], dict[str, Any]]:
     """images/s of ``run_pseudo_label`` per run (first run included: model already loaded)."""
-    from camfast.cli.pseudolabel import PseudoLabelConfig, run_pseudo_label
+    from camfast.cli.pseudo_label import PseudoLabelConfig, run_pseudo_label
 
     rates = []
     summary = None

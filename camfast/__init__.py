@@ -43,7 +43,7 @@ _LAZY_MODULES = {
     "crf": "camfast.crf", "puzzle": "camfast.puzzle", "models": "camfast.models", "compat": "camfast.compat",
     "evaluation": "camfast.evaluation", "metrics": "camfast.evaluation.metrics",
     "datasets": "camfast.evaluation.datasets", "wsol": "camfast.evaluation.wsol", "cli": "camfast.cli",
-    "pseudolabel": "camfast.cli.pseudolabel", "layers": "camfast.methods.layers",
+    "pseudolabel": "camfast.cli.pseudo_label", "layers": "camfast.methods.layers",
     "utils": "camfast.utils", "train": "camfast.evaluation.train",
 }
 # Modules that moved when the package was layered: the old import paths keep working.

@@ -12,7 +12,12 @@ from concurrent.futures import ProcessPoolExecutor
 import numpy as np
 import torch
 
-__all__ = ["refine"]
+__all__ = ["refine", "require"]
+
+
+def require():
+    """The ``pydensecrf.densecrf`` module, or an ImportError saying what to install."""
+    return _densecrf()
 
 
 def _densecrf():

@@ -1,4 +1,4 @@
-"""``camfast pseudo-label`` (camfast/cli/pseudo_label.py, camfast/pseudolabel.py).
+"""``camfast pseudo-label`` (the package camfast/cli/pseudo_label/).
 
 The maps written to disk are checked against the CAM functions run directly on the same
 image, decoded and resized here with Pillow independently of the command's loader.
@@ -25,7 +25,8 @@ from PIL import Image
 import camfast
 from camfast import pseudolabel
 from camfast.cli import main as cli_main
-from camfast.cli.pseudolabel import PseudoLabelConfig, find_images, parse_labels, voc_palette
+from camfast.cli.pseudo_label import PseudoLabelConfig, find_images, parse_labels, voc_palette
+from camfast.utils import io as camfast_io
 
 TESTS = Path(__file__).resolve().parents[1]  # tests/ (pseudo_label_models.py)
 ROOT = TESTS.parent
@@ -86,9 +87,9 @@ def png_header(path: Path) -> tuple[int, int, int, int]:
 
 
 def tree(out: Path) -> dict[str, int]:
-    """Every file under ``out`` (but the summary) with its mtime in ns."""
+    """Every file under ``out`` (but the summary and the lock) with its mtime in ns."""
     return {p.relative_to(out).as_posix(): p.stat().st_mtime_ns for p in sorted(out.rglob("*"))
-            if p.is_file() and p.name != "summary.json"}
+            if p.is_file() and p.name not in ("summary.json", ".camfast.lock")}
 
 
 def summary(out: Path) -> dict:
@@ -227,21 +228,21 @@ def test_rerun_skips_and_overwrite_redoes(image_dir, tmp_path):
 
 def test_interrupted_run_leaves_no_partial_file_and_resumes(image_dir, tmp_path, monkeypatch):
     out = tmp_path / "out"
-    real = pseudolabel.atomic_write
+    real = camfast_io.atomic_write
     calls = {"n": 0}
 
-    def flaky(path, write):
+    def flaky(path, write, **kwargs):
         calls["n"] += 1
         if calls["n"] == 6:  # the 3rd image's label map (heatmap, label per image), mid-write
             def half(f):
                 f.write(b"\x89PNG partial")
                 raise KeyboardInterrupt
-            return real(path, half)
-        return real(path, write)
+            return real(path, half, **kwargs)
+        return real(path, write, **kwargs)
 
-    monkeypatch.setattr(pseudolabel, "atomic_write", flaky)
+    monkeypatch.setattr(camfast_io, "atomic_write", flaky)
     assert run(base_args(image_dir, out, "--threshold", 0.4, "--batch-size", 2)) == 130
-    monkeypatch.setattr(pseudolabel, "atomic_write", real)
+    monkeypatch.setattr(camfast_io, "atomic_write", real)
     assert not list(out.rglob(f"{pseudolabel.TMP_PREFIX}*")), "temporary files left behind"
     done = tree(out)
     assert len(done) == 5  # 2 complete images + the 3rd one's heatmap, no half label map

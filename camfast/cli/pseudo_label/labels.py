@@ -1,0 +1,123 @@
+"""The labels file (image-level classes), label maps and their palette."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from torch import Tensor
+
+from camfast.cli.common import match_class_name
+from camfast.cli.pseudo_label.discovery import normalize_rel
+
+__all__ = ["label_map", "parse_labels", "voc_palette"]
+
+_INDEX = re.compile(r"-?[0-9]+")  # ASCII digits only: "²".isdigit() is True but int("²") fails
+
+
+def voc_palette() -> list[int]:
+    """The PASCAL VOC colour map: 256 RGB triples, flattened (768 ints).
+
+    Colour ``i`` spreads the bits of ``i`` over the channels: bit ``3j`` goes to red, ``3j+1``
+    to green, ``3j+2`` to blue, each at position ``7 - j`` (0 black, 1 dark red, 2 dark green,
+    ..., 255 is the same rule, not VOC's "void" white).
+    """
+    out = []
+    for i in range(256):
+        rgb = [0, 0, 0]
+        c = i
+        for j in range(8):
+            for ch in range(3):
+                rgb[ch] |= ((c >> ch) & 1) << (7 - j)
+            c >>= 3
+        out += rgb
+    return out
+
+
+def _split(line: str) -> list[str]:
+    """A line's fields: tab-separated when it has a tab (the path may hold spaces; classes
+    after it are split on any white space), else white-space separated."""
+    if "\t" in line:
+        path, _, rest = line.partition("\t")
+        return [path.strip(), *rest.split()]
+    return line.split()
+
+
+def parse_labels(path: str | os.PathLike, class_names: Sequence[str] | None = None,
+                 num_classes: int | None = None) -> dict[str, tuple[int, ...]]:
+    """Image-level classes, one line per image: ``relative/path.jpg cls1 cls2 ...``.
+
+    Fields are separated by white space; a path with spaces is separated from its classes by
+    a TAB (``"my photo.jpg<TAB>3 7"``). Classes are indices (``0..num_classes-1``) or names
+    from ``class_names`` (case ignored when unambiguous). Blank lines and lines starting with
+    ``#`` are ignored; a UTF-8 byte-order mark is skipped. An image's classes are returned
+    sorted, without duplicates.
+
+    Raises:
+        ValueError: a malformed line (no class, unknown name, index out of range, an image
+            listed twice), named as ``FILE:LINE``; the file cannot be read.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"labels: cannot read {str(path)!r}: {e}") from None
+    if num_classes is None and class_names:
+        num_classes = len(class_names)
+    out: dict[str, tuple[int, ...]] = {}
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        where = f"{path}:{lineno}"
+        tokens = _split(line.strip(" \r\n"))
+        rel = normalize_rel(tokens[0])
+        if len(tokens) < 2:
+            raise ValueError(f"labels: {where}: no class after {tokens[0]!r} (expected 'path cls1 cls2 ...'; "
+                             "separate a path with spaces from its classes by a tab)")
+        if rel in out:
+            raise ValueError(f"labels: {where}: {tokens[0]!r} is listed twice")
+        classes = set()
+        for tok in tokens[1:]:
+            if _INDEX.fullmatch(tok):
+                k = int(tok)
+                if k < 0 or (num_classes is not None and k >= num_classes):
+                    bound = f"[0, {num_classes})" if num_classes is not None else ">= 0"
+                    raise ValueError(f"labels: {where}: class index {k} out of range {bound}")
+            elif class_names:
+                k = match_class_name(tok, class_names, f"labels: {where}")
+            else:
+                raise ValueError(f"labels: {where}: class {tok!r} is not an index and the model has no class names")
+            classes.add(k)
+        out[rel] = tuple(sorted(classes))
+    return out
+
+
+def label_map(maps: Tensor | np.ndarray, classes: Sequence[int], threshold: float,
+              image: np.ndarray | None = None, crf: bool = False) -> np.ndarray:
+    """``(H, W)`` int64 labels from per-class maps ``(K, H, W)`` in [0, 1]: the argmax over
+    ``[threshold, maps...]`` (ties to the background, 0, and to the first class), class
+    ``classes[k]`` written as ``classes[k] + 1``. With ``crf``, the scores divided by their
+    per-pixel sum are refined by :func:`camfast.crf.refine` on ``image`` (uint8
+    ``(H, W, 3)``) first.
+
+    Plain numpy on purpose: single-threaded, so it runs beside the model's threads without
+    waiting on them.
+    """
+    m = maps.detach().cpu().numpy() if isinstance(maps, Tensor) else np.asarray(maps)
+    m = np.clip(m.astype(np.float32, copy=False), 0.0, 1.0)
+    if m.ndim != 3 or m.shape[0] != len(classes):
+        raise ValueError(f"maps must be (K={len(classes)}, H, W), got shape {m.shape}")
+    lut = np.array([0, *[k + 1 for k in classes]], dtype=np.int64)
+    if crf:
+        from camfast.crf import refine
+
+        scores = np.concatenate([np.full_like(m[:1], threshold), m])
+        probs = scores / np.maximum(scores.sum(0, keepdims=True), 1e-12)
+        return lut[refine(image, probs, workers=1).argmax(0)]
+    if len(classes) == 1:
+        return np.where(m[0] > threshold, lut[1], 0)
+    best = m.argmax(0)
+    return np.where(np.take_along_axis(m, best[None], 0)[0] > threshold, lut[1:][best], 0)

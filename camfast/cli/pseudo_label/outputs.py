@@ -1,0 +1,87 @@
+"""What a run writes: the output paths of an image, the writers, stale temporaries.
+
+Every file is written with :func:`camfast.utils.io.atomic_write` under a temporary name
+starting with :data:`TMP_PREFIX`: an interrupted run leaves no partial file, and the next run
+(holding the folder's lock, so no live run owns them) removes any a killed run left.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+
+from camfast.cli.pseudo_label.discovery import stem
+from camfast.utils import io
+from camfast.utils.io import TMP_SUFFIX
+
+__all__ = ["TMP_PREFIX", "output_paths", "remove_stale_temporaries", "write_label_map", "write_npy",
+           "write_png16"]
+
+#: temporary files start with this; a rerun removes any left by a killed run
+TMP_PREFIX = ".camfast-tmp-"
+
+
+def output_paths(out: Path, rel: str, classes: Sequence[int] | None, fmt: str, with_label: bool) -> list[Path]:
+    """Every file an image produces (heatmaps first, then the label map)."""
+    s = stem(rel)
+    heat = out / "heatmaps"
+    if fmt == "npy":
+        paths = [heat / f"{s}.npy"]
+    elif classes is None:
+        paths = [heat / f"{s}.png"]
+    else:
+        paths = [heat / f"{s}_c{k}.png" for k in classes]
+    if with_label:
+        paths.append(out / "labels" / f"{s}.png")
+    return paths
+
+
+def _write(path: Path, write) -> None:
+    io.atomic_write(path, write, prefix=TMP_PREFIX)
+
+
+def _png(array: np.ndarray, palette: list[int] | None = None):
+    from PIL import Image
+
+    def write(f: BinaryIO) -> None:
+        im = Image.fromarray(array)
+        if palette is not None:
+            im.putpalette(palette)
+        im.save(f, format="PNG", compress_level=1)
+
+    return write
+
+
+def write_png16(path: Path, cam: np.ndarray) -> None:
+    """A map in [0, 1] as 16-bit greyscale, ``round(cam * 65535)``."""
+    _write(path, _png(np.rint(cam * 65535.0).astype(np.uint16)))
+
+
+def write_npy(path: Path, array: np.ndarray) -> None:
+    _write(path, lambda f: np.save(f, array.astype(np.float16), allow_pickle=False))
+
+
+def write_label_map(path: Path, labels: np.ndarray, palette: list[int]) -> None:
+    """An 8-bit palette PNG when every label fits (<= 255), else 16-bit greyscale (same values)."""
+    if labels.size == 0 or int(labels.max()) <= 255:
+        _write(path, _png(labels.astype(np.uint8), palette))
+    else:
+        _write(path, _png(labels.astype(np.uint16)))
+
+
+def remove_stale_temporaries(out: Path) -> int:
+    """Remove every temporary file a killed run left under ``out``; call it holding the lock."""
+    n = 0
+    for dirpath, _, filenames in os.walk(out):
+        for name in filenames:
+            if name.startswith(TMP_PREFIX) and name.endswith(TMP_SUFFIX):
+                try:
+                    os.unlink(os.path.join(dirpath, name))
+                    n += 1
+                except OSError:
+                    pass
+    return n
