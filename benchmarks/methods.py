@@ -78,17 +78,27 @@ class Provider:
     note: str
 
 
+def _camfast_providers() -> list[Provider]:
+    """One provider per gradient method of camfast's registry (a new method is benchmarked with
+    no edit here), named by its function (``zoom_cam``, ``grad_cam``, ...)."""
+    from camfast.methods import registry
+
+    return [Provider(s.function.__name__, "camfast", s.name, "all" if s.multi_layer else "one",
+                     ("max fusion, " if s.multi_layer else "") + "output at input size")
+            for s in registry.specs("gradient") if s.base is None]
+
+
 PROVIDERS: dict[str, Provider] = {p.name: p for p in [
     Provider("limit", "-", "forward + autograd.grad to the input", "all",
              "no-op forward hooks on every discovered layer; no CAM work"),
-    Provider("zoom_cam", "camfast", "zoom_cam", "all", "max fusion, output at input size"),
-    Provider("layer_cam", "camfast", "layer_cam", "all", "max fusion, output at input size"),
-    Provider("grad_cam", "camfast", "grad_cam", "one", "output at input size"),
+    *_camfast_providers(),
     Provider("pgc-GradCAM", "pytorch-grad-cam", "GradCAM", "one",
              "loss.backward(): parameter grads too; numpy maps, cv2 resize to input size"),
     Provider("pgc-HiResCAM", "pytorch-grad-cam", "HiResCAM", "all",
              "Zoom-CAM's per-layer map; layers fused by MEAN (pytorch-grad-cam's behaviour)"),
     Provider("pgc-LayerCAM", "pytorch-grad-cam", "LayerCAM", "all", "layers fused by MEAN (pytorch-grad-cam's behaviour)"),
+    Provider("pgc-XGradCAM", "pytorch-grad-cam", "XGradCAM", "one",
+             "loss.backward(): parameter grads too; numpy maps, cv2 resize to input size"),
     Provider("torchcam-GradCAM", "torchcam", "GradCAM", "one",
              "backward stops at the layer; maps at feature resolution (no upsampling)"),
     Provider("limit-after", "-", "the limit again, after the others", "all", "drift check"),
@@ -107,8 +117,6 @@ def build_model(name: str) -> torch.nn.Module:
 def make_call(provider: str, model: torch.nn.Module, x: torch.Tensor, layers: list[str]) -> Callable[[], Any]:
     """The provider as a no-argument callable returning its maps (setup, imports included,
     happens here, outside the timed and memory-measured calls)."""
-    import camfast
-
     modules = dict(model.named_modules())
     last = layers[-1]
 
@@ -128,12 +136,13 @@ def make_call(provider: str, model: torch.nn.Module, x: torch.Tensor, layers: li
                     h.remove()
 
         return limit
-    if provider == "zoom_cam":
-        return lambda: camfast.zoom_cam(model, x, layers=layers)
-    if provider == "layer_cam":
-        return lambda: camfast.layer_cam(model, x, layers=layers)
-    if provider == "grad_cam":
-        return lambda: camfast.grad_cam(model, x, layer=last)
+    if PROVIDERS[provider].library == "camfast":
+        from camfast.methods import registry
+
+        spec = registry.get(PROVIDERS[provider].method)
+        if spec.multi_layer:
+            return lambda: spec(model, x, layers=layers)
+        return lambda: spec(model, x, layer=last)
     if provider.startswith("pgc-"):
         import_torchvision()
         import pytorch_grad_cam

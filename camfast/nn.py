@@ -12,7 +12,7 @@ import numbers
 
 from torch import Tensor, nn
 
-from camfast.ops.thresholded_avg_pool2d import _check_theta, thresholded_avg_pool2d
+from camfast.ops.thresholded_avg_pool2d import check_theta, thresholded_avg_pool2d
 
 __all__ = ["ThresholdedAvgPool2d", "convert_to_tap"]
 
@@ -40,7 +40,7 @@ class ThresholdedAvgPool2d(nn.Module):
         super().__init__()
         if not isinstance(flatten, bool):
             raise TypeError(f"flatten must be a bool, got {type(flatten).__name__}")
-        self.theta = _check_theta(theta)
+        self.theta = check_theta(theta)
         self.flatten = flatten
 
     def forward(self, x: Tensor) -> Tensor:
@@ -83,7 +83,7 @@ def convert_to_tap(model: nn.Module, theta: float = 0.1, inplace: bool = False) 
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    theta = _check_theta(theta)
+    theta = check_theta(theta)
     if not isinstance(inplace, bool):
         raise TypeError(f"inplace must be a bool, got {type(inplace).__name__}")
     targets = [name for name, m in model.named_modules() if name and _is_global_avg_pool(m)]

@@ -22,7 +22,8 @@ from camfast.ops._validate import check_is_tensor, check_tensor
 _OP = "thresholded_avg_pool2d"
 
 
-def _check_theta(theta: object) -> float:
+def check_theta(theta: object) -> float:
+    """``theta`` as a float in [0, 1] (TAP's threshold ratio), else a TypeError/ValueError naming it."""
     if isinstance(theta, bool) or not isinstance(theta, numbers.Real):
         raise TypeError(f"theta must be a float in [0, 1], got {type(theta).__name__}")
     theta = float(theta)
@@ -34,7 +35,7 @@ def _check_theta(theta: object) -> float:
 def _check(x: Tensor, theta: float) -> None:
     # Runs inside the op (eager) and its fake kernel (torch.compile).
     check_tensor("x", x, 4, "[B, C, H, W]")
-    _check_theta(theta)
+    check_theta(theta)
 
 
 def _acc(x: Tensor) -> torch.dtype:
@@ -124,5 +125,5 @@ def thresholded_avg_pool2d(x: Tensor, theta: float = 0.1) -> Tensor:
         torch.Size([2, 512])
     """
     check_is_tensor("x", x)
-    theta = _check_theta(theta)
+    theta = check_theta(theta)
     return _forward_op(x, theta)[0]
