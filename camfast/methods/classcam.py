@@ -7,8 +7,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from camfast.methods.engine import (CAMResult, check_input, classifier_head, pooled_features, result_size,
-                                    target_indices, unit_scale)
+from camfast.methods.engine import (CAMResult, check_input, class_names_of, classifier_head, pooled_features,
+                                    result_size, target_indices, unit_scale)
 from camfast.methods.registry import register, register_variant
 from camfast.ops import upsample_aggregate
 
@@ -46,7 +46,7 @@ def cam(model, x, target=None, clamp_negative_weights=False, output_size=None, *
     size = result_size(x, output_size)
     head = classifier_head(model)
     logits, feats, _ = pooled_features(model, x, head, output_fn)
-    idx = target_indices(logits, target, "camfast.cam")
+    idx = target_indices(logits, target, "camfast.cam", class_names_of(model))
     m = cam_weights(feats, head.linear.weight.detach()[idx], clamp_negative_weights)
     out = upsample_aggregate([unit_scale(m)], size, reduce="max", normalize="minmax")
     if return_layers:

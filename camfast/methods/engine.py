@@ -42,7 +42,7 @@ from camfast.nn import ThresholdedAvgPool2d
 from camfast.ops import grad_weighted_map, upsample_aggregate
 
 __all__ = [
-    "CAMResult", "ClassifierHead", "Layers", "OutputSize", "Target", "WeightingRule", "check_input",
+    "CAMResult", "ClassifierHead", "class_names_of", "Layers", "OutputSize", "Target", "WeightingRule", "check_input",
     "classifier_head", "class_maps", "fuse_maps", "gradient_cam", "gradient_layer_maps", "logits_of",
     "pooled_features", "result_size", "target_indices", "target_score", "unit_scale",
 ]
@@ -114,12 +114,51 @@ def logits_of(out: Any, output_fn: Callable[[Any], Tensor] | None) -> Tensor:
     return out
 
 
-def target_score(logits: Tensor, target: Target) -> tuple[Tensor, Tensor | None]:
+def class_names_of(model: nn.Module) -> list[str] | None:
+    """The model's class names when it carries them (a ``class_names`` sequence, or a Hugging
+    Face-style ``config.id2label``), for targets given by name."""
+    names = getattr(model, "class_names", None)
+    if isinstance(names, (list, tuple)) and names and all(isinstance(n, str) for n in names):
+        return list(names)
+    id2label = getattr(getattr(model, "config", None), "id2label", None)
+    if isinstance(id2label, dict) and id2label:
+        try:
+            return [str(id2label[i]) for i in range(len(id2label))]
+        except KeyError:
+            return None
+    return None
+
+
+_TARGET_HELP = ("target must be None (each image's top class), a class index, one index per image "
+                "(a sequence or 1-D integer tensor), a class name when the model has class names, or "
+                "callables taking one image's output")
+
+
+def _class_index(item: object, K: int, class_names: Sequence[str] | None) -> int:
+    if isinstance(item, str):
+        if not class_names:
+            raise TypeError(f"target {item!r} is a name but the model has no class names; {_TARGET_HELP}")
+        folded = {n.lower(): i for i, n in enumerate(class_names)}
+        if item.lower() not in folded:
+            close = [n for n in class_names if item.lower() in n.lower()][:5]
+            raise ValueError(f"target: unknown class name {item!r}" + (f"; did you mean {close}?" if close else ""))
+        return folded[item.lower()]
+    if isinstance(item, bool) or not isinstance(item, numbers.Integral):
+        raise TypeError(f"{_TARGET_HELP}; got {type(item).__name__} {item!r}")
+    k = int(item)
+    if not 0 <= k < K:
+        raise ValueError(f"target class {k} out of range [0, {K})")
+    return k
+
+
+def target_score(logits: Tensor, target: Target,
+                 class_names: Sequence[str] | None = None) -> tuple[Tensor, Tensor | None]:
     """The scalar to differentiate, ``sum_b target_b(logits_b)``, and the class indices.
 
-    ``target``: None (each row's top class), an int, one class per row (a sequence or 1-D
-    tensor) or callables on one row's scores (one for all rows, or one per row; the indices
-    are then None).
+    ``target``: None (each row's top class), a class index (Python or numpy integer), one
+    class per row (a sequence or 1-D integer tensor/array), a class name or names (with
+    ``class_names``, case-insensitive), or callables on one row's scores (one for all rows,
+    or one per row; the indices are then None).
     """
     B, K = logits.shape
     if callable(target):
@@ -130,25 +169,34 @@ def target_score(logits: Tensor, target: Target) -> tuple[Tensor, Tensor | None]
         return torch.stack([torch.as_tensor(t(logits[b])).sum() for b, t in enumerate(target)]).sum(), None
     if target is None:
         idx = logits.detach().argmax(dim=1)
-    elif isinstance(target, int):
-        idx = torch.full((B,), target, dtype=torch.long, device=logits.device)
+    elif isinstance(target, (str, numbers.Integral)):
+        idx = torch.full((B,), _class_index(target, K, class_names), dtype=torch.long, device=logits.device)
     else:
-        idx = torch.as_tensor(target, device=logits.device)
-        if idx.dim() != 1 or idx.numel() != B or idx.dtype.is_floating_point:
-            raise ValueError(f"target must be None, an int, {B} class indices or callables; got {target!r}")
-        idx = idx.long()
-    if bool(((idx < 0) | (idx >= K)).any()):
-        raise ValueError(f"target class out of range [0, {K}): {idx.tolist()}")
+        if isinstance(target, Tensor) or hasattr(target, "__array__"):
+            t = torch.as_tensor(target)
+            if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool or t.dim() > 1:
+                raise TypeError(f"{_TARGET_HELP}; got a {tuple(t.shape)} {t.dtype} tensor")
+            items = t.reshape(-1).tolist()
+            if t.dim() == 0:
+                items = items * B
+        elif isinstance(target, Sequence):
+            items = list(target)
+        else:
+            raise TypeError(f"{_TARGET_HELP}; got {type(target).__name__}")
+        if len(items) != B:
+            raise ValueError(f"target: {len(items)} classes for a batch of {B} images; give one per image")
+        idx = torch.tensor([_class_index(k, K, class_names) for k in items], dtype=torch.long, device=logits.device)
     return logits.gather(1, idx[:, None]).sum(), idx
 
 
-def target_indices(logits: Tensor, target: Target, method: str) -> Tensor:
+def target_indices(logits: Tensor, target: Target, method: str,
+                   class_names: Sequence[str] | None = None) -> Tensor:
     """``(B,)`` class indices for methods that take classes, not callables (``method`` names
     the caller in the error)."""
     if target is not None and (callable(target) or (isinstance(target, (list, tuple)) and target
                                                    and callable(target[0]))):
         raise TypeError(f"{method} takes class indices as target, not callables")
-    _, idx = target_score(logits, target)
+    _, idx = target_score(logits, target, class_names)
     assert idx is not None
     return idx
 
@@ -252,12 +300,16 @@ def gradient_layer_maps(
     try:
         for tap, (_, module) in zip(taps, layers):
             handles.append(module.register_forward_hook(tap.forward_hook))
-        with torch.enable_grad():
+        # Gradients are needed even when the caller is in no_grad or inference_mode; an
+        # inference tensor as input is cloned into a normal one.
+        with torch.inference_mode(False), torch.enable_grad():
             # Differentiate towards the input only: every hooked layer lies between it and
             # the score, so each tap's hook fires, and no parameter gradient is computed.
+            if x.is_inference():
+                x = x.clone()
             x_in = x if x.requires_grad else x.detach().requires_grad_(True)
             logits = logits_of(model(x_in), output_fn)
-            score, idx = target_score(logits, target)
+            score, idx = target_score(logits, target, class_names_of(model))
             if not score.requires_grad:
                 raise RuntimeError("the target score does not depend on the input: is the model frozen in no_grad?")
             wrt = x_in

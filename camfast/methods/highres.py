@@ -25,7 +25,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from camfast.localization import normalize
-from camfast.methods.engine import check_input, classifier_head, pooled_features, result_size, target_indices
+from camfast.methods.engine import (check_input, class_names_of, classifier_head, pooled_features, result_size,
+                                    target_indices)
 from camfast.methods.layers import resolve_layers
 from camfast.methods.registry import register, register_variant
 
@@ -228,7 +229,7 @@ def rcam(model: nn.Module, x: Tensor, target=None, scales: Sequence[float] = (1,
     shape_module = dict(model.named_modules())[shape_name]
     logits2, feat2, outs2 = pooled_features(model, x2, head, output_fn, {shape_name: shape_module})
     shape2 = outs2[shape_name]
-    idx = target_indices(logits1, target, "camfast.rcam")
+    idx = target_indices(logits1, target, "camfast.rcam", class_names_of(model))
     w = head.linear.weight.detach()[idx].to(torch.float32)
     cam1 = torch.einsum("bchw,bc->bhw", feat1.float(), w)
     cam2 = torch.einsum("bchw,bc->bhw", feat2.float(), w)

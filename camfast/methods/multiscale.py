@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from camfast.methods.engine import CAMResult, check_input, class_maps, logits_of, result_size, target_indices
+from camfast.methods.engine import (CAMResult, check_input, class_maps, class_names_of, logits_of, result_size,
+                                    target_indices)
 from camfast.methods.registry import register
 from camfast.ops import upsample_aggregate
 from camfast.puzzle import multiscale_cam
@@ -41,7 +42,7 @@ def multiscale_class_cam(model, x, target=None, scales=(0.5, 1.0, 1.5, 2.0), fli
         with torch.no_grad():
             logits = logits_of(model(x), output_fn).detach()
     idx = target_indices(logits if logits is not None else maps.new_zeros(maps.shape[:2]), target,
-                         "camfast.multiscale_class_cam")
+                         "camfast.multiscale_class_cam", class_names_of(model))
     m = maps[torch.arange(x.shape[0], device=maps.device), idx.to(maps.device)].float()
     out = upsample_aggregate([m], size, reduce="max", normalize="minmax")
     if return_layers:
