@@ -6,6 +6,12 @@ top-k classes, writes ``<out>/<stem>_<method>.png`` (the map in a jet colormap b
 image, at the image's own resolution) and finally ``<out>/comparison.png`` (one row per image:
 the photo, then each method's overlay, titled with the explained class and its probability).
 
+Images are read by :func:`camfast.utils.image.read_image` (as every camfast command reads
+them: EXIF orientation applied, RGB, only regular files, decompression bombs refused; an
+image whose shorter side passes 2048 pixels is decoded reduced, to at least 1024). Folders
+are searched recursively (:func:`camfast.utils.image.find_images`, the output folder left
+out). Methods are those of :mod:`camfast.methods.registry`.
+
 Needs Pillow (reading and writing images); matplotlib is used for the colormap and the
 comparison figure when installed (a Pillow grid otherwise).
 """
@@ -22,14 +28,34 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from camfast.utils.io import atomic_path
-
+from camfast.cli import common
+from camfast.cli.common import (EXIT_FAILED_IMAGES, EXIT_NO_IMAGES, EXIT_OUTPUT, EXIT_STATUS_HELP, EXIT_USAGE,
+                                FATAL_WRITE_ERRNOS, UsageError)
 from camfast.methods import registry
+from camfast.utils import image as image_io
+from camfast.utils.io import atomic_write
 
-#: every registered method (camfast.methods.registry), in its order
-METHODS = tuple(registry.names())
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 ALPHA = 0.5  # weight of the heatmap in the overlay
+#: images are decoded reduced to no less than this on their shorter side (when twice as large)
+MAX_SIDE = 1024
+
+EPILOG = f"""\
+outputs (in --out, default ./camfast-explain):
+  <stem>_<method>.png   the map in a jet colormap blended on the image, at the image's resolution
+                        (images over 2048 px on their shorter side are decoded reduced, to >= 1024)
+  comparison.png        one row per image: the photo, then each method's overlay, a colour bar
+printed: the top-k classes of each image and the class explained.
+
+images: files, or folders searched recursively for {', '.join(image_io.IMAGE_SUFFIXES)} (hidden entries
+and the --out folder skipped); EXIF orientation is applied; only regular files are read.
+
+{EXIT_STATUS_HELP}
+
+examples:
+  camfast explain                                    # the bundled sample photos, zoom-cam
+  camfast explain photo.jpg -m all -o out            # every method on one photo
+  camfast explain photos/ --target "tabby cat"       # one class for every image (names: case ignored)
+  camfast explain img.png --model my_models:resnet   # my_models.py in the working directory"""
 
 
 # ----------------------------------------------------------------------------- arguments
@@ -41,13 +67,13 @@ def _method_list(text: str) -> list[str]:
         if not item:
             continue
         if item.lower() == "all":
-            out.extend(n for n in METHODS if not registry.get(n).missing())
+            out.extend(common.available_methods())
             continue
         try:
             out.append(registry.get(item).name)
         except ValueError:
             raise argparse.ArgumentTypeError(
-                f"unknown method {item!r}; choose from {', '.join(METHODS)} or 'all'") from None
+                f"unknown method {item!r}; choose from {', '.join(common.method_names())} or 'all'") from None
     if not out:
         raise argparse.ArgumentTypeError("empty method list")
     return out
@@ -64,20 +90,23 @@ def _positive_int(text: str) -> int:
 
 
 def add_parser(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = EPILOG
     parser.add_argument("images", nargs="*", metavar="IMAGES",
                         help="image files or folders (default: the sample photos bundled with camfast)")
     parser.add_argument("--method", "-m", action="append", type=_method_list, metavar="METHOD",
-                        help=f"{', '.join(METHODS)} or 'all'; repeat or give a comma list (default: zoom-cam)")
-    parser.add_argument("--model", default="efficientnet-lite0", metavar="SPEC",
-                        help="'efficientnet-lite0' (bundled, ImageNet), 'module:callable' or a TorchScript "
-                             "file (default: efficientnet-lite0)")
+                        help=f"any spelling of {common.methods_help()}, or 'all' (those installed); repeat or "
+                             "give a comma list (default: zoom-cam)")
+    parser.add_argument("--model", default="efficientnet-lite0", metavar="MODEL",
+                        help="'efficientnet-lite0' (bundled, ImageNet), 'module:callable' (imported from the "
+                             "working directory too) or a TorchScript file (default: efficientnet-lite0)")
     parser.add_argument("--out", "-o", default="camfast-explain", metavar="DIR",
                         help="output folder (default: ./camfast-explain)")
     parser.add_argument("--target", metavar="CLASS",
-                        help="class to explain: an index or a class name (default: each image's top-1 class)")
+                        help="class to explain: an index or a class name, case ignored (default: each image's top-1 class)")
     parser.add_argument("--size", type=_positive_int, metavar="PX",
                         help="side of the square model input (default: the model's input size, else 224)")
-    parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     parser.add_argument("--topk", type=_positive_int, default=5, metavar="K",
                         help="classes printed per image (default: 5)")
 
@@ -87,17 +116,20 @@ def _err(msg: str) -> None:
     print(f"camfast explain: {msg}", file=sys.stderr)
 
 
-def _collect_images(items: list[str]) -> tuple[list[Path], list[str]]:
-    """Files given, plus image files (by suffix, sorted) inside the folders given."""
+def _collect_images(items: list[str], out_dir: Path) -> tuple[list[Path], list[str]]:
+    """Files given, plus the images inside the folders given (recursive, sorted; the output
+    folder and non-regular files left out: the latter reported)."""
     paths: list[Path] = []
     problems: list[str] = []
     for item in items:
         p = Path(item)
         if p.is_dir():
-            found = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
-            if not found:
+            skipped: list[str] = []
+            found = image_io.find_images(p, exclude=[out_dir], skipped=skipped)
+            problems += [f"{p / rel}: not a regular file (a FIFO, socket or device); skipped" for rel in skipped]
+            if not found and not skipped:
                 problems.append(f"{p}: no image files in this folder")
-            paths.extend(found)
+            paths.extend(p / rel for rel in found)
         elif p.exists():
             paths.append(p)
         else:
@@ -120,16 +152,7 @@ def _resolve_target(target: str | None, class_names: list[str] | None) -> int | 
         return index
     if class_names is None:
         raise ValueError(f"--target: the model has no class names; give a class index instead of {text!r}")
-    lowered = [n.lower() for n in class_names]
-    exact = [i for i, n in enumerate(lowered) if n == text.lower()]
-    if not exact:
-        exact = [i for i, n in enumerate(lowered) if text.lower() in n]
-    if len(exact) == 1:
-        return exact[0]
-    if not exact:
-        raise ValueError(f"--target: no class named {text!r}")
-    shown = ", ".join(f"{i} ({class_names[i]})" for i in exact[:8])
-    raise ValueError(f"--target: {text!r} matches several classes: {shown}; give an index")
+    return common.match_class_name(text, class_names, "--target")
 
 
 def _imagenet_names_or_none() -> list[str] | None:
@@ -159,15 +182,11 @@ def overlay(image: np.ndarray, cam: np.ndarray, alpha: float = ALPHA) -> np.ndar
     return np.clip(out * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
 
-def _atomic_save(path: Path, save) -> None:
-    """Write through ``save(tmp_path)`` to a temporary file in the same folder, then rename."""
-    with atomic_path(path, prefix=f".{path.stem}-", suffix=".png.tmp") as tmp:
-        save(tmp)
-
-
-def _save_png(path: Path, rgb: np.ndarray) -> None:
+def _save_png(path: Path, rgb) -> None:
+    """A uint8 RGB array (or a PIL image) as a PNG, atomically."""
     from PIL import Image
-    _atomic_save(path, lambda tmp: Image.fromarray(rgb).save(tmp, format="PNG"))
+    im = Image.fromarray(rgb) if isinstance(rgb, np.ndarray) else rgb
+    atomic_write(path, lambda f: im.save(f, format="PNG"))
 
 
 @dataclass
@@ -178,13 +197,10 @@ class _Row:
     overlays: dict[str, np.ndarray] = field(default_factory=dict)
 
 
-def _compute(method: str, model, x: torch.Tensor, target: int, image_u8: np.ndarray, crf: bool) -> torch.Tensor:
-    from camfast.methods import registry
-
+def _compute(method: str, model, x: torch.Tensor, target: int, image_u8: np.ndarray) -> torch.Tensor:
+    """One method's map, from its registry row alone (``image=`` when the method takes one)."""
     spec = registry.get(method)
     kwargs = {"image": torch.from_numpy(np.array(image_u8))[None]} if spec.takes_image else {}
-    if crf and spec.accepts("crf"):
-        kwargs["crf"] = True
     return spec(model, x, target, **kwargs)
 
 
@@ -208,7 +224,7 @@ def classify(spec, image: np.ndarray, size: int) -> tuple[torch.Tensor, np.ndarr
 
 
 def explain_image(spec, image: np.ndarray, methods, size: int, target: int | None = None,
-                  crf: bool = False, *, classified: tuple | None = None) -> dict[str, np.ndarray]:
+                  *, classified: tuple | None = None) -> dict[str, np.ndarray]:
     """Each method's map of ``target`` (None: the top-1 class) for one uint8 RGB ``(H, W, 3)``
     image, as float32 ``(H, W)`` arrays in [0, 1] at the image's resolution.
 
@@ -218,7 +234,7 @@ def explain_image(spec, image: np.ndarray, methods, size: int, target: int | Non
     h, w = image.shape[:2]
     maps: dict[str, np.ndarray] = {}
     for method in methods:
-        m = _compute(method, spec.model, x, t, small, crf)
+        m = _compute(method, spec.model, x, t, small)
         m = F.interpolate(m[:, None].float(), size=(h, w), mode="bilinear", align_corners=False)[0, 0]
         maps[method] = m.clamp(0, 1).cpu().numpy()
     return maps
@@ -232,13 +248,46 @@ def _thumb(rgb: np.ndarray, height: int) -> np.ndarray:
     return np.asarray(Image.fromarray(rgb).resize((width, height), Image.Resampling.BILINEAR))
 
 
+def _drawable(text: str) -> str:
+    """``text`` with the characters no installed font can draw written as ``\\uXXXX`` (a CJK
+    file name without a CJK font), so matplotlib warns of no missing glyph."""
+    from matplotlib import font_manager
+    from matplotlib.ft2font import FT2Font
+
+    fonts = []
+    for family in _font_families():
+        try:
+            fonts.append(FT2Font(font_manager.findfont(family, fallback_to_default=False)))
+        except (OSError, RuntimeError, ValueError):
+            continue
+    out = []
+    for ch in text:
+        if ch in "\n\t " or any(f.get_char_index(ord(ch)) for f in fonts):
+            out.append(ch)
+        else:
+            out.append(ch.encode("unicode_escape").decode("ascii"))
+    return "".join(out)
+
+
+def _font_families() -> list[str]:
+    """The default sans-serif font, then any installed font with CJK glyphs (as fallbacks)."""
+    from matplotlib import font_manager, rcParams
+
+    cjk = sorted({f.name for f in font_manager.fontManager.ttflist
+                  if any(k in f.name for k in ("CJK", "Han Sans", "WenQuanYi", "Droid Sans Fallback", "Unifont"))})
+    return [*rcParams["font.sans-serif"][:1], *cjk]
+
+
 def _comparison_matplotlib(path: Path, rows: list[_Row], methods: list[str]) -> None:
     import matplotlib
     matplotlib.use("Agg", force=False)
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
     from matplotlib.figure import Figure  # a Figure without pyplot: no global state, no GUI
 
     cols = 1 + len(methods)
-    fig = Figure(figsize=(2.6 * cols, 2.3 * len(rows)), dpi=100)
+    families = _font_families()
+    fig = Figure(figsize=(2.6 * cols + 0.6, 2.3 * len(rows)), dpi=100)
     axes = fig.subplots(len(rows), cols, squeeze=False)
     for r, row in enumerate(rows):
         cells = [(row.image, f"{row.stem}\n{row.label}")]
@@ -246,10 +295,13 @@ def _comparison_matplotlib(path: Path, rows: list[_Row], methods: list[str]) -> 
         for c, (img, title) in enumerate(cells):
             ax = axes[r][c]
             ax.imshow(_thumb(img, 256))
-            ax.set_title(title, fontsize=8)
+            ax.set_title(_drawable(title), fontsize=8, family=families)
             ax.axis("off")
-    fig.tight_layout()
-    _atomic_save(path, lambda tmp: fig.savefig(tmp, format="png"))
+    fig.tight_layout(rect=(0, 0, 1 - 0.5 / fig.get_figwidth(), 1))
+    bar = fig.colorbar(ScalarMappable(Normalize(0, 1), "jet"), ax=axes[:, -1].tolist(), fraction=0.05, pad=0.02)
+    bar.set_label("map value (0 low, 1 high)", fontsize=8)
+    bar.ax.tick_params(labelsize=7)
+    atomic_write(path, lambda f: fig.savefig(f, format="png"))
 
 
 def _comparison_pillow(path: Path, rows: list[_Row], methods: list[str]) -> None:
@@ -275,7 +327,7 @@ def _comparison_pillow(path: Path, rows: list[_Row], methods: list[str]) -> None
             canvas.paste(Image.fromarray(img), (x, y + text_h))
             x += col_w[c] + pad
         y += cell_h + text_h + pad
-    _atomic_save(path, lambda tmp: canvas.save(tmp, format="PNG"))
+    _save_png(path, canvas)
 
 
 def write_comparison(path: Path, rows: list[_Row], methods: list[str]) -> str:
@@ -288,97 +340,132 @@ def write_comparison(path: Path, rows: list[_Row], methods: list[str]) -> str:
 
 
 # ----------------------------------------------------------------------------- main
+class _Stop(Exception):
+    """The output folder cannot be written: stop the run (exit status 4)."""
+
+
+def _write_or_stop(write, path: Path) -> str | None:
+    """Run ``write()``; an OSError is returned as a message (this output failed), or raised
+    as :class:`_Stop` when no later write could succeed either (read-only, full disk)."""
+    try:
+        write()
+    except OSError as e:
+        message = f"cannot write {common.describe_os_error(e, path)}"
+        if e.errno in FATAL_WRITE_ERRNOS:
+            raise _Stop(message) from e
+        return message
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
     try:
-        from PIL import Image, UnidentifiedImageError
+        import PIL  # noqa: F401
     except ImportError:
         _err("needs Pillow to read and write images: pip install pillow   (or pip install 'camfast[cli]')")
-        return 2
-    from camfast.models import load_model, sample_images
+        return EXIT_USAGE
+    from camfast.models import sample_images
 
     methods = list(dict.fromkeys(m for group in (args.method or [["zoom-cam"]]) for m in group))
     try:
-        spec = load_model(args.model, args.device)
-    except (ImportError, ValueError, TypeError, FileNotFoundError) as e:
-        _err(str(e))
-        return 2
-    class_names = spec.class_names
-    try:
+        device = common.resolve_device(args.device)
+        spec = common.load_model(args.model, device)
+        class_names = spec.class_names
         target = _resolve_target(args.target, class_names)
-    except ValueError as e:
+    except (UsageError, ValueError) as e:
         _err(str(e))
-        return 2
+        return EXIT_USAGE
+    missing = {m: registry.get(m).missing() for m in methods}
+    missing = {m: v for m, v in missing.items() if v}
+    if missing:
+        _err("; ".join(f"method {m} needs {', '.join(v)}, which is not installed" for m, v in missing.items()))
+        return EXIT_USAGE
 
-    paths, problems = _collect_images(args.images) if args.images else (sample_images(), [])
+    out_dir = Path(args.out)
+    paths, problems = _collect_images(args.images, out_dir) if args.images else (sample_images(), [])
     for p in problems:
         _err(p)
     failed = len(problems)
     if not paths:
-        _err("no images to explain")
-        return 1
+        _err("no images found" + (f" in {', '.join(args.images)}" if args.images else ""))
+        return EXIT_NO_IMAGES
     size = args.size or spec.input_size or 224
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    crf = False
-    if "rcam" in methods:
-        crf = importlib.util.find_spec("pydensecrf") is not None
-        if not crf:
-            print("note: pydensecrf is not installed; rcam runs without its CRF refinement "
-                  "(pip install pydensecrf2 for it)")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        _err(f"stopped: cannot create the output folder: {common.describe_os_error(e, out_dir)}")
+        return EXIT_OUTPUT
 
     print(f"model {spec.name}, input {size}x{size}, methods {', '.join(methods)}, writing to {out_dir}")
     rows: list[_Row] = []
     used_stems: dict[str, int] = {}
-    for i, path in enumerate(paths, 1):
-        print(f"[{i}/{len(paths)}] {path}", flush=True)
-        try:
-            with Image.open(path) as im:
-                image = np.asarray(im.convert("RGB"))
-        except (OSError, UnidentifiedImageError, ValueError) as e:
-            _err(f"{path}: cannot read image ({e}); skipped")
-            failed += 1
-            continue
-        h, w = image.shape[:2]
-        try:
-            classified = classify(spec, image, size)
-        except ValueError as e:
-            _err(str(e))
-            return 2
-        probs = classified[2]
-        num_classes = probs.numel()
-        if class_names is None and num_classes == 1000:
-            class_names = _imagenet_names_or_none()  # an unnamed 1000-way model: assume ImageNet-1k
-        if target is not None and target >= num_classes:
-            _err(f"--target: class index {target} is out of range for a model with {num_classes} outputs")
-            return 2
+    try:
+        for i, path in enumerate(paths, 1):
+            print(f"[{i}/{len(paths)}] {path}", flush=True)
+            try:
+                image = image_io.read_image(path, "RGB", max_side=MAX_SIDE).pixels
+            except image_io.ImageReadError as e:
+                _err(f"{e}; skipped")
+                failed += 1
+                continue
+            h, w = image.shape[:2]
+            try:
+                classified = classify(spec, image, size)
+            except ValueError as e:
+                _err(str(e))
+                return EXIT_USAGE
+            probs = classified[2]
+            num_classes = probs.numel()
+            if class_names is None and num_classes == 1000:
+                class_names = _imagenet_names_or_none()  # an unnamed 1000-way model: assume ImageNet-1k
+            if target is not None and target >= num_classes:
+                _err(f"--target: class index {target} is out of range for a model with {num_classes} outputs")
+                return EXIT_USAGE
 
-        def name(k: int) -> str:
-            return class_names[k] if class_names is not None and k < len(class_names) else f"class {k}"
+            def name(k: int) -> str:
+                return class_names[k] if class_names is not None and k < len(class_names) else f"class {k}"
 
-        k = min(args.topk, num_classes)
-        top_p, top_i = probs.topk(k)
-        print(f"  {w}x{h}, top-{k}:")
-        for rank, (pv, iv) in enumerate(zip(top_p.tolist(), top_i.tolist()), 1):
-            print(f"  {rank}. {name(iv):<32s} {pv:.3f}  (class {iv})")
-        t = int(top_i[0]) if target is None else target
-        stem = path.stem
-        used_stems[stem] = used_stems.get(stem, 0) + 1
-        if used_stems[stem] > 1:
-            stem = f"{stem}-{used_stems[stem]}"
-        row = _Row(stem, image, f"{name(t)} ({float(probs[t]):.2f})")
-        for method, m in explain_image(spec, image, methods, size, t, crf, classified=classified).items():
-            row.overlays[method] = overlay(image, m)
-            _save_png(out_dir / f"{stem}_{method}.png", row.overlays[method])
-        print(f"  explained {name(t)!r}: wrote {', '.join(f'{stem}_{m}.png' for m in methods)}")
-        rows.append(row)
+            k = min(args.topk, num_classes)
+            top_p, top_i = probs.topk(k)
+            print(f"  {w}x{h}, top-{k}:")
+            for rank, (pv, iv) in enumerate(zip(top_p.tolist(), top_i.tolist()), 1):
+                print(f"  {rank}. {name(iv):<32s} {pv:.3f}  (class {iv})")
+            t = int(top_i[0]) if target is None else target
+            stem = path.stem
+            used_stems[stem] = used_stems.get(stem, 0) + 1
+            if used_stems[stem] > 1:
+                stem = f"{stem}-{used_stems[stem]}"
+            row = _Row(stem, image, f"{name(t)} ({float(probs[t]):.2f})")
+            errors = []
+            for method, m in explain_image(spec, image, methods, size, t, classified=classified).items():
+                row.overlays[method] = overlay(image, m)
+                target_path = out_dir / f"{stem}_{method}.png"
+                error = _write_or_stop(lambda: _save_png(target_path, row.overlays[method]), target_path)
+                if error:
+                    errors.append(error)
+            for error in errors:
+                _err(error)
+            failed += bool(errors)
+            print(f"  explained {name(t)!r}: wrote {', '.join(f'{stem}_{m}.png' for m in methods)}"
+                  if not errors else f"  explained {name(t)!r}; {len(errors)} file(s) could not be written")
+            rows.append(row)
 
-    if rows:
-        renderer = write_comparison(out_dir / "comparison.png", rows, methods)
-        print(f"wrote {out_dir / 'comparison.png'} ({len(rows)} image(s) x {len(methods)} method(s), {renderer})")
+        if rows:
+            figure = out_dir / "comparison.png"
+            renderer: list[str] = []
+            error = _write_or_stop(lambda: renderer.append(write_comparison(figure, rows, methods)), figure)
+            if error:
+                _err(error)
+                failed += 1
+            else:
+                print(f"wrote {figure} ({len(rows)} image(s) x {len(methods)} method(s), {renderer[0]})")
+    except _Stop as e:
+        _err(f"stopped: {e}")
+        return EXIT_OUTPUT
     if failed:
-        _err(f"{failed} input(s) could not be read (see above)")
-        return 1
+        _err(f"{failed} input(s) could not be read or written (see above)")
+        return EXIT_FAILED_IMAGES
     return 0
 
 
-__all__ = ["METHODS", "add_parser", "classify", "explain_image", "overlay", "run", "write_comparison"]
+__all__ = ["ALPHA", "EPILOG", "MAX_SIDE", "add_parser", "classify", "explain_image", "overlay", "run",
+           "write_comparison"]

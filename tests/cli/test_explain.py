@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from camfast import models
-from camfast.cli import main
+from camfast.cli import common, main
 
 PIL = pytest.importorskip("PIL.Image")
 pytest.importorskip(models.WEIGHTS_PACKAGE)
@@ -79,7 +79,7 @@ def test_corrupt_image_is_reported_and_the_rest_written(tmp_path, capsys):
     (folder / "notes.txt").write_text("ignored: not an image suffix")
     rc = main(["explain", str(folder), str(tmp_path / "missing.png"), "--out", str(tmp_path / "o"),
                "--size", "128"])
-    assert rc == 1
+    assert rc == 3  # EXIT_FAILED_IMAGES, as in pseudo-label
     captured = capsys.readouterr()
     assert "broken.jpg" in captured.err and "cannot read" in captured.err
     assert "missing.png" in captured.err
@@ -100,14 +100,14 @@ def test_bad_arguments_are_argparse_errors(argv, tmp_path, capsys):
 @pytest.mark.parametrize("argv, message", [(["--target", "no such class at all"], "--target"),
                                            (["--target", "1000"], "--target"),
                                            (["--target", "terrier"], "several classes"),
-                                           (["--model", "not-a-model"], "spec")])
+                                           (["--model", "not-a-model"], "--model not-a-model: ")])
 def test_bad_target_or_model(argv, message, tmp_path, capsys):
     assert main(["explain", "--out", str(tmp_path), *argv]) == 2
     assert message in capsys.readouterr().err
 
 
 def test_method_list_parsing():
-    assert explain._method_list("all") == list(explain.METHODS)
+    assert explain._method_list("all") == common.available_methods()
     assert explain._method_list(" Zoom_CAM , cam") == ["zoom-cam", "cam"]
 
 
