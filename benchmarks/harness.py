@@ -651,9 +651,8 @@ def targets_text(verdicts: Sequence[Mapping[str, Any]]) -> str:
 # --------------------------------------------------------------------------- results files
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path``, then rename it over ``path``."""
-    atomic_write(path, text, fsync=True)
+#: kept only for benchmarks/methods.py until it calls camfast.utils.io.atomic_write(..., fsync=True) itself
+_atomic_write = functools.partial(atomic_write, fsync=True)
 
 
 @contextlib.contextmanager
@@ -709,8 +708,8 @@ def write_results(report: Report, verdicts: Sequence[Mapping[str, Any]],
                                 "copy": copy_dict(report.copy), "targets": list(verdicts)}
         live = {r["run"] for r in data["rows"]}
         data["runs"] = {k: v for k, v in data["runs"].items() if k in live}
-        _atomic_write(json_path, json.dumps(data, indent=1) + "\n")
-        _atomic_write(md_path, render_markdown(data))
+        atomic_write(json_path, json.dumps(data, indent=1) + "\n", fsync=True)
+        atomic_write(md_path, render_markdown(data), fsync=True)
     return json_path, md_path
 
 

@@ -47,6 +47,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import harness  # noqa: E402
+from camfast.utils.io import atomic_write  # noqa: E402
 
 OP = "pseudo_label"
 TARGET_RATIO = 0.85  # zoom_cam images/s over the limit's, at the same batch
@@ -251,8 +252,8 @@ def write_results(run: dict[str, Any], results_dir: Path) -> tuple[Path, Path]:
         data = json.loads(json_path.read_text()) if json_path.exists() else {"op": OP, "device_type": "cpu",
                                                                              "runs": []}
         data["runs"] = [r for r in data["runs"] if key(r) != key(run)] + [run]
-        harness._atomic_write(json_path, json.dumps(data, indent=1) + "\n")
-        harness._atomic_write(md_path, render_markdown(data))
+        atomic_write(json_path, json.dumps(data, indent=1) + "\n", fsync=True)
+        atomic_write(md_path, render_markdown(data), fsync=True)
     return json_path, md_path
 
 

@@ -51,7 +51,7 @@ import torch.nn.functional as F  # noqa: E402
 import camfast  # noqa: E402
 import camfast.crf  # noqa: E402
 import camfast.ops  # noqa: E402
-from camfast.utils.io import atomic_path  # noqa: E402
+from camfast.utils.io import atomic_path, atomic_write  # noqa: E402
 import harness  # noqa: E402
 
 # the module (``camfast.rcam`` the attribute is the function)
@@ -269,8 +269,8 @@ def write_results(rows: list[dict[str, Any]], config: dict[str, Any], info: dict
                 run.pop("figure", None)
             data["runs"][run_id]["figure"] = png_path.name
             written.append(png_path)
-        harness._atomic_write(json_path, json.dumps(data, indent=1) + "\n")
-        harness._atomic_write(md_path, render_markdown(data))
+        atomic_write(json_path, json.dumps(data, indent=1) + "\n", fsync=True)
+        atomic_write(md_path, render_markdown(data), fsync=True)
     return written
 
 
