@@ -369,8 +369,9 @@ def _load_callable(text: str) -> ModelSpec:
 # ----------------------------------------------------------------------------- sample photos
 def sample_images() -> list[pathlib.Path]:
     """The photos bundled with camfast, sorted by name: ``chelsea.jpg`` (a cat), ``coffee.jpg``
-    (an espresso cup), ``rocket.jpg`` (a launch); CC0 / public-domain photos from
-    scikit-image, 400 px JPEGs (sources in ``camfast/data/samples/LICENSE.txt``)."""
+    (an espresso cup), ``hopper.jpg`` (Grace Hopper in Navy uniform); CC0 / public-domain
+    photos, 400 px JPEGs (sources in ``camfast/data/samples/LICENSE.txt``), each classified
+    right at top-1 by the bundled EfficientNet-Lite0."""
     root = importlib.resources.files("camfast").joinpath("data", "samples")
     paths = sorted(pathlib.Path(os.fspath(p)) for p in root.iterdir() if p.name.lower().endswith(".jpg"))
     if not paths:
