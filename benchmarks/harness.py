@@ -651,8 +651,6 @@ def targets_text(verdicts: Sequence[Mapping[str, Any]]) -> str:
 # --------------------------------------------------------------------------- results files
 
 
-#: kept only for benchmarks/methods.py until it calls camfast.utils.io.atomic_write(..., fsync=True) itself
-_atomic_write = functools.partial(atomic_write, fsync=True)
 
 
 @contextlib.contextmanager

@@ -58,6 +58,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 import torch  # noqa: E402
 
 import harness  # noqa: E402
+from camfast.utils.io import atomic_write  # noqa: E402
 from torchvision_shim import import_torchvision  # noqa: E402
 
 OP = "methods"
@@ -441,8 +442,8 @@ def write_results(rows: list[dict[str, Any]], config: dict[str, Any], info: dict
         data["runs"][run_id] = {"stamp": info, "config": config, "targets": verdicts}
         live = {r["run"] for r in data["rows"]}
         data["runs"] = {k: v for k, v in data["runs"].items() if k in live}
-        harness._atomic_write(json_path, json.dumps(data, indent=1) + "\n")
-        harness._atomic_write(md_path, render_markdown(data))
+        atomic_write(json_path, json.dumps(data, indent=1) + "\n", fsync=True)
+        atomic_write(md_path, render_markdown(data), fsync=True)
     return json_path, md_path
 
 
