@@ -7,14 +7,15 @@ Pillow is imported on first use only (``import camfast.evaluation.datasets`` sta
 from __future__ import annotations
 
 import os
-import sys
-import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from camfast.utils import image as image_io
+from camfast.utils import progress
 
 SAMPLE_KEYS = ("image", "label", "labels", "boxes", "box_labels", "mask", "ignore", "segmentation", "name")
 
@@ -197,31 +198,22 @@ def xml_objects(path: Path, one_based: bool) -> tuple[XMLElement, list[tuple[str
 
 # ----------------------------------------------------------------------------- images
 
-def _pil():
-    try:
-        from PIL import Image
-    except ImportError as e:  # pragma: no cover - Pillow is installed here
-        raise ImportError("camfast.evaluation.datasets needs Pillow to read images: pip install pillow") from e
-    return Image
-
-
 def _read_image(path: Path, what: str, to_array) -> np.ndarray:
-    """``to_array(opened PIL image)``; a missing file is a FileNotFoundError, an unreadable
-    one a ValueError, each naming ``path``."""
-    Image = _pil()
-    if not path.is_file():
+    """``to_array(opened PIL image)`` (:func:`camfast.utils.image.open_image`: regular files
+    only, bombs refused); a missing file is a FileNotFoundError, an unreadable one a
+    ValueError, each naming ``path``."""
+    if not path.exists():
         raise FileNotFoundError(f"missing {what} {str(path)!r}")
-    try:
-        with Image.open(path) as im:
-            return to_array(im)
-    except OSError as e:
-        raise ValueError(f"{path}: cannot read {what} ({e})") from None
+    return to_array(image_io.open_image(path, what))
 
 
 def load_rgb(path: Path) -> Tensor:
-    """An image file as float32 ``(3, H, W)`` in ``[0, 1]``."""
-    arr = _read_image(path, "image file", lambda im: np.asarray(im.convert("RGB")))
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)
+    """An image file as float32 ``(3, H, W)`` in ``[0, 1]``, read as every camfast command
+    reads images (:func:`camfast.utils.image.read_image`: EXIF orientation applied, RGB)."""
+    if not path.exists():
+        raise FileNotFoundError(f"missing image file {str(path)!r}")
+    arr = image_io.read_image(path, "RGB").pixels
+    return torch.from_numpy(arr).permute(2, 0, 1).float().div_(255.0)
 
 
 def load_index_png(path: Path, what: str = "label image") -> Tensor:
@@ -328,21 +320,11 @@ def check_index(index: object, length: int) -> int:
 
 # ----------------------------------------------------------------------------- progress
 
-class Progress:
-    """Prints ``label: done/total`` to stderr about every 2 s, for long scans (>= ``min_total``)."""
-
-    def __init__(self, label: str, total: int, min_total: int = 2000) -> None:
-        self.label, self.total = label, total
-        self.enabled = total >= min_total
-        self.last = time.monotonic()
-
-    def update(self, done: int) -> None:
-        if not self.enabled:
-            return
-        now = time.monotonic()
-        if now - self.last >= 2.0 or done == self.total:
-            self.last = now
-            print(f"{self.label}: {done}/{self.total}", file=sys.stderr, flush=True)
+def Progress(label: str, total: int, min_total: int = 2000) -> progress.Progress:  # noqa: N802 - was a class
+    """The dataset scans' :class:`camfast.utils.progress.Progress`: ``label: done/total`` on
+    stderr about every 2 s, for long scans (>= ``min_total``)."""
+    return progress.Progress(total, label, mode="lines", interval=2.0, min_total=min_total, noun="files",
+                             unit="file")
 
 
 # ----------------------------------------------------------------------------- collate

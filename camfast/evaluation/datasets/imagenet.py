@@ -91,7 +91,7 @@ class ImageNetVal(Dataset):
             if not objects:
                 raise ValueError(f"{path}:1: no <object> in the annotation")
             parsed.append((path, objects))
-            progress.update(n)
+            progress.set(n)
 
         self.wnids, self.class_names = self._class_list(wnids, parsed)
         index = {w: i for i, w in enumerate(self.wnids)}
