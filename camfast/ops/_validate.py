@@ -98,6 +98,13 @@ def check_int(name: str, value: object, minimum: int) -> int:
     return value
 
 
+def bounded_radius(radius: int, height: int, width: int) -> int:
+    """A window radius capped at the image's larger side: a truncated window of any larger
+    radius already covers every row or column, so the result is the same, and the kernels'
+    index arithmetic (int64) never sees a radius it cannot hold."""
+    return min(radius, max(height, width))
+
+
 def check_positive_float(name: str, value: object) -> float:
     """A finite real number ``> 0``."""
     import math

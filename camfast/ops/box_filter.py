@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from camfast.ops._dispatch import implementation
-from camfast.ops._validate import check_int, check_tensor
+from camfast.ops._validate import bounded_radius, check_int, check_tensor
 
 _OP = "box_filter"
 
@@ -24,7 +24,7 @@ def _check(x: Tensor, radius: int) -> None:
 @torch.library.custom_op("camfast::box_filter", mutates_args=())
 def _forward_op(x: Tensor, radius: int) -> Tensor:
     _check(x, radius)
-    return implementation(_OP, x.device).forward(x, radius)
+    return implementation(_OP, x.device).forward(x, bounded_radius(radius, x.shape[-2], x.shape[-1]))
 
 
 @_forward_op.register_fake
@@ -35,7 +35,8 @@ def _(x: Tensor, radius: int) -> Tensor:
 
 @torch.library.custom_op("camfast::box_filter_backward", mutates_args=())
 def _backward_op(grad_out: Tensor, radius: int) -> Tensor:
-    return implementation(_OP, grad_out.device).backward(grad_out, radius)
+    return implementation(_OP, grad_out.device).backward(
+        grad_out, bounded_radius(radius, grad_out.shape[-2], grad_out.shape[-1]))
 
 
 @_backward_op.register_fake
@@ -85,4 +86,4 @@ def box_filter(x: Tensor, radius: int) -> Tensor:
         tensor([1.])
     """
     _check(x, radius)
-    return _forward_op(x, radius.__index__())
+    return _forward_op(x, bounded_radius(radius.__index__(), x.shape[-2], x.shape[-1]))

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from camfast.ops._dispatch import implementation
 from camfast.ops._spec import GF_BORDERS
-from camfast.ops._validate import check_choice, check_int, check_positive_float, check_same, check_tensor
+from camfast.ops._validate import bounded_radius, check_choice, check_int, check_positive_float, check_same, check_tensor
 from camfast.ops.reference.guided_filter import low_res_radius, low_res_size
 
 _OP = "guided_filter"
@@ -42,6 +42,7 @@ def _check(guide: Tensor, src: Tensor, radius: int, eps: float, subsample: int, 
 @torch.library.custom_op("camfast::guided_filter", mutates_args=())
 def _forward_op(guide: Tensor, src: Tensor, radius: int, eps: float, subsample: int, border: str) -> Tensor:
     _check(guide, src, radius, eps, subsample, border)
+    radius = bounded_radius(radius, src.shape[-2], src.shape[-1])  # reflect's check allows only smaller radii
     return implementation(_OP, src.device).forward(guide, src, radius, eps, subsample, border)
 
 
@@ -54,6 +55,7 @@ def _(guide: Tensor, src: Tensor, radius: int, eps: float, subsample: int, borde
 @torch.library.custom_op("camfast::guided_filter_backward", mutates_args=())
 def _backward_op(grad_out: Tensor, guide: Tensor, src: Tensor, radius: int, eps: float, subsample: int, border: str,
                  need_guide: bool, need_src: bool) -> tuple[Tensor, Tensor]:
+    radius = bounded_radius(radius, src.shape[-2], src.shape[-1])
     return implementation(_OP, src.device).backward(grad_out, guide, src, radius, eps, subsample, border,
                                                     need_guide, need_src)
 
@@ -136,4 +138,5 @@ def guided_filter(guide: Tensor, src: Tensor, radius: int, eps: float, subsample
         torch.Size([1, 1, 64, 64])
     """
     _check(guide, src, radius, eps, subsample, border)
-    return _forward_op(guide, src, radius.__index__(), float(eps), subsample.__index__(), border)
+    radius = bounded_radius(radius.__index__(), src.shape[-2], src.shape[-1])
+    return _forward_op(guide, src, radius, float(eps), subsample.__index__(), border)
