@@ -4,9 +4,13 @@
 SyntheticWSOL (or reuses their checkpoints), scores every CAM method on the held-out split
 and writes ``OUT/wsol_table.{md,json,png}``. ``camfast eval --dataset cub --root DIR --model
 SPEC`` scores the inference-only methods on a real dataset with a given model and writes
-``OUT/wsol_table-<dataset>.*``. The library part is :mod:`camfast.wsol`.
+``OUT/wsol_table-<dataset>.*``. The library part is :mod:`camfast.evaluation.wsol`.
 
-Exit status: 0 done, 2 bad arguments (a missing folder, an unknown model, ...).
+Rows whose method needs an optional module that is not installed (``rcam-crf`` needs
+pydensecrf: ``pip install 'camfast[crf]'``) are left out with a note, before any training.
+
+Exit status: 0 done, 2 bad arguments (a missing folder, an unknown model, an unreadable
+checkpoint, ...) or a missing requirement (OpenCV, matplotlib).
 """
 
 from __future__ import annotations
@@ -22,8 +26,10 @@ examples:
   camfast eval synthetic --quick --out /tmp/t     # seconds-long smoke run
   camfast eval --dataset cub --root CUB_200_2011 --model efficientnet-lite0 --limit 500
   camfast eval --dataset openimages --root dataset/OpenImages --metadata metadata --model my_models:resnet
-outputs: OUT/wsol_table.md (the table, the seeds' numbers, which orderings hold), .json, .png (example maps)
-exit status: 0 done, 2 bad arguments."""
+outputs: OUT/wsol_table.md (the table, the seeds' numbers, which orderings hold), .json, .png (example maps);
+  synthetic: the trained models in OUT/wsol_checkpoints (or --checkpoints), reused on a rerun
+rows whose method needs a module not installed here (rcam-crf: pydensecrf) are left out with a note
+exit status: 0 done, 2 bad arguments or a missing requirement."""
 
 
 def add_parser(parser: argparse.ArgumentParser) -> None:
@@ -42,8 +48,8 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
                         "else 224)")
     parser.add_argument("--limit", type=int, default=None, metavar="N", help="real datasets: score the first N images")
     parser.add_argument("--out", default="benchmarks/results", help="output folder (default benchmarks/results)")
-    parser.add_argument("--checkpoints", default="build/wsol_checkpoints",
-                        help="synthetic: training checkpoint folder, reused on a rerun (default build/wsol_checkpoints)")
+    parser.add_argument("--checkpoints", default=None,
+                        help="synthetic: training checkpoint folder, reused on a rerun (default OUT/wsol_checkpoints)")
     parser.add_argument("--retrain", action="store_true", help="synthetic: train even when checkpoints exist")
     parser.add_argument("--quick", action="store_true", help="synthetic: seconds-long smoke run (tiny data)")
     parser.add_argument("--batch-size", type=int, default=None, help="scoring batch size (default 64 synthetic, 16 real)")
@@ -80,8 +86,11 @@ def run(args: argparse.Namespace, log=None) -> int:
                  if getattr(args, n) is not None]
         if extra:
             return _error(f"{', '.join(extra)} apply to real datasets, not to synthetic")
-        wsol.run_synthetic(args.out, args.checkpoints, quick=args.quick, retrain=args.retrain,
-                           batch_size=args.batch_size or 64, examples=args.examples, command=command, log=log)
+        try:
+            wsol.run_synthetic(args.out, args.checkpoints, quick=args.quick, retrain=args.retrain,
+                               batch_size=args.batch_size or 64, examples=args.examples, command=command, log=log)
+        except (ImportError, ValueError) as e:  # a missing requirement, an unreadable checkpoint
+            return _error(str(e))
         return 0
     if args.root is None or args.model is None:
         return _error(f"--dataset {dataset} needs --root DIR and --model SPEC")
@@ -91,6 +100,6 @@ def run(args: argparse.Namespace, log=None) -> int:
         wsol.run_dataset(dataset, args.root, args.model, args.out, metadata=args.metadata, split=args.split,
                          size=args.size, batch_size=args.batch_size or 16, limit=args.limit, examples=args.examples,
                          device=args.device, command=f"camfast eval --dataset {dataset}", log=log)
-    except (FileNotFoundError, ValueError, TypeError) as e:
+    except (FileNotFoundError, ValueError, TypeError, ImportError) as e:
         return _error(str(e))
     return 0

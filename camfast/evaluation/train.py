@@ -35,6 +35,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -42,12 +43,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from camfast.utils.io import atomic_path
 from camfast.evaluation.datasets import SyntheticWSOL
 from camfast.puzzle import PuzzleCAMLoss, puzzle_step
+from camfast.utils.io import atomic_path
 
-__all__ = ["METHODS", "TinyCAMNet", "TrainConfig", "TrainResult", "build_model", "evaluate", "load_model_checkpoint",
-           "main", "make_data", "train"]
+__all__ = ["METHODS", "CheckpointError", "TinyCAMNet", "TrainConfig", "TrainResult", "build_model", "evaluate",
+           "load_model_checkpoint", "main", "make_data", "read_checkpoint", "train"]
 
 METHODS = ("gap", "tap", "puzzle")
 # config keys that do not change what is trained (a checkpoint made under other values is resumable)
@@ -177,11 +178,53 @@ def build_model(method: str, cfg: TrainConfig) -> TinyCAMNet:
     return TinyCAMNet(cfg.num_classes, pool, cfg.width, cfg.stride, cfg.batch_norm)
 
 
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be used: unreadable, truncated, not a camfast training
+    checkpoint, or holding objects other than tensors and plain data (never unpickled)."""
+
+
+_CHECKPOINT_KEYS = ("method", "model", "optimizer", "iteration", "config")
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict:
+    """A training checkpoint written by :func:`train`, loaded with ``torch.load(weights_only=True)``.
+
+    Only tensors and plain containers are unpickled, so a crafted file cannot run code.
+
+    Raises:
+        CheckpointError: the file is unreadable, truncated or corrupt, holds anything else
+            (the message names the path and the cause).
+    """
+    path = Path(path)
+    try:
+        with warnings.catch_warnings():  # a garbage file's "pickle protocol" warning: the error says it
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # truncated zip, UnpicklingError (refused globals), EOFError, ...
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise CheckpointError(f"{path}: not a readable camfast training checkpoint ({type(e).__name__}"
+                              f"{': ' + first if first else ''})") from e
+    if not isinstance(state, dict) or any(k not in state for k in _CHECKPOINT_KEYS):
+        raise CheckpointError(f"{path}: not a camfast training checkpoint (expected a dict with "
+                              f"{', '.join(_CHECKPOINT_KEYS)})")
+    return state
+
+
 def load_model_checkpoint(method: str, cfg: TrainConfig, path: str | os.PathLike) -> TinyCAMNet:
-    """The trained network of ``method`` from its checkpoint, in eval mode."""
+    """The trained network of ``method`` from its checkpoint, in eval mode.
+
+    Raises:
+        CheckpointError: the file is not a readable checkpoint of ``method`` under ``cfg``.
+    """
     net = build_model(method, cfg)
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    net.load_state_dict(state["model"])
+    state = read_checkpoint(path)
+    try:
+        net.load_state_dict(state["model"])
+    except (RuntimeError, TypeError, AttributeError) as e:
+        raise CheckpointError(f"{path}: its weights do not fit the {method} network of this configuration "
+                              f"({str(e).splitlines()[0]})") from e
     return net.eval()
 
 
@@ -198,7 +241,9 @@ def train(method: str, cfg: TrainConfig, out_dir: str | os.PathLike, resume: boo
     optimiser and iteration are restored and training continues from the saved iteration
     (the data order of each epoch depends only on the seed and the epoch, so a resumed run
     sees the same batches); a finished checkpoint returns at once. A checkpoint of another
-    configuration is ignored (training starts over and overwrites it).
+    configuration, or one that cannot be read (truncated, corrupt, holding anything but
+    tensors and plain data: it is loaded with ``weights_only=True``, never unpickled), is
+    reported by path and ignored: training starts over and overwrites it.
 
     Args:
         method: ``"gap"``, ``"tap"`` or ``"puzzle"``.
@@ -222,21 +267,33 @@ def train(method: str, cfg: TrainConfig, out_dir: str | os.PathLike, resume: boo
     stop = total if cfg.max_iterations is None else min(total, cfg.max_iterations)
     it = 0
     prior_seconds: float | None = 0.0
+    state = None
     if resume and ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        try:
+            state = read_checkpoint(ckpt_path)
+        except CheckpointError as e:
+            log(f"[{method}] {e}: training from scratch")
+    if state is not None:
         if state.get("method") != method:
             raise ValueError(f"{ckpt_path} holds method {state.get('method')!r}, not {method!r}")
-        saved = {k: v for k, v in state.get("config", {}).items() if k not in _RUN_ONLY_KEYS}
+        saved = {k: v for k, v in dict(state.get("config") or {}).items() if k not in _RUN_ONLY_KEYS}
         if saved != cfg.trained_keys():
             diff = sorted(k for k in set(saved) | set(cfg.trained_keys()) if saved.get(k) != cfg.trained_keys().get(k))
             log(f"[{method}] {ckpt_path} was made with another configuration ({', '.join(diff)} differ): "
                 "training from scratch")
         else:
-            net.load_state_dict(state["model"])
-            opt.load_state_dict(state["optimizer"])
-            it = int(state["iteration"])
-            prior_seconds = state.get("seconds")
-            log(f"[{method}] resumed from {ckpt_path} at iteration {it}/{total}")
+            try:
+                net.load_state_dict(state["model"])
+                opt.load_state_dict(state["optimizer"])
+                it = int(state["iteration"])
+                prior_seconds = state.get("seconds")
+                log(f"[{method}] resumed from {ckpt_path} at iteration {it}/{total}")
+            except (RuntimeError, ValueError, KeyError, TypeError, AttributeError, IndexError) as e:
+                log(f"[{method}] {ckpt_path}: its state does not fit this network and optimiser "
+                    f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}): training from scratch")
+                net = build_model(method, cfg)
+                opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
+                it, prior_seconds = 0, 0.0
     start = it
     loss_fn = PuzzleCAMLoss(alpha_max=cfg.puzzle_alpha_max) if method == "puzzle" else None
     maps_model = ClassMaps(net)

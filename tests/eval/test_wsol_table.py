@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -33,23 +34,30 @@ def _check_numbers(row: dict, expect_classes: bool = True) -> None:
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
-    """One ``camfast eval synthetic --quick`` run (3 tiny models trained, every row scored)."""
+    """One ``camfast eval synthetic --quick --out OUT`` run (3 tiny models trained, every row
+    scored), from another working directory ``base/cwd``, without ``--checkpoints``."""
     base = tmp_path_factory.mktemp("wsol")
     lines: list[str] = []
     from camfast.cli import evaluate
 
     parser = __import__("argparse").ArgumentParser()
     evaluate.add_parser(parser)
-    args = parser.parse_args(["synthetic", "--quick", "--out", str(base / "out"), "--checkpoints",
-                              str(base / "ck"), "--examples", "2"])
-    assert evaluate.run(args, log=lines.append) == 0
+    args = parser.parse_args(["synthetic", "--quick", "--out", str(base / "out"), "--examples", "2"])
+    (base / "cwd").mkdir()
+    old = os.getcwd()
+    os.chdir(base / "cwd")
+    try:
+        assert evaluate.run(args, log=lines.append) == 0
+    finally:
+        os.chdir(old)
     return base, lines
 
 
 def test_quick_run_writes_the_table_json_and_figure(quick_run):
     base, lines = quick_run
     out = base / "out"
-    assert sorted(p.name for p in out.iterdir()) == ["wsol_table.json", "wsol_table.md", "wsol_table.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["wsol_checkpoints", "wsol_table.json", "wsol_table.md",
+                                                     "wsol_table.png"]
     data = json.loads((out / "wsol_table.json").read_text())
     names = [r["name"] for r in data["results"]]
     assert names == [r.name for r in wsol.SYNTHETIC_ROWS]
@@ -72,22 +80,24 @@ def test_quick_run_writes_the_table_json_and_figure(quick_run):
     # progress was shown for training and scoring
     assert any(line.startswith("[puzzle] epoch") for line in lines)
     assert any(line.startswith("[score] batch") for line in lines)
-    assert {p.name for p in (base / "ck").iterdir()} == {"gap.pt", "tap.pt", "puzzle.pt"}
+    # issue 13 item 11: the checkpoints go under --out, nothing into the working directory's ./build
+    assert {p.name for p in (out / "wsol_checkpoints").iterdir()} == {"gap.pt", "tap.pt", "puzzle.pt"}
+    assert list((base / "cwd").iterdir()) == []
 
 
 def test_rerun_reuses_checkpoints_unless_retrain(quick_run, tmp_path):
     base, _ = quick_run
-    ck = base / "ck" / "gap.pt"
+    ck = base / "out" / "wsol_checkpoints" / "gap.pt"
     before = ck.stat().st_mtime_ns
     rows = [wsol.Row("CAM", "gap", "cam")]
     lines: list[str] = []
-    data = wsol.run_synthetic(tmp_path / "a", base / "ck", quick=True, rows=rows, examples=1, log=lines.append)
+    data = wsol.run_synthetic(tmp_path / "a", ck.parent, quick=True, rows=rows, examples=1, log=lines.append)
     assert data["training"][0]["reused"] and ck.stat().st_mtime_ns == before
     assert data["training"][0]["seconds"] > 0  # the training time recorded in the checkpoint
     assert any("reused" in line for line in lines)
     first = json.loads((base / "out" / "wsol_table.json").read_text())["results"][0]
     assert data["results"][0]["gt_known_loc"] == first["gt_known_loc"]  # same model, same data: same scores
-    data = wsol.run_synthetic(tmp_path / "b", base / "ck", quick=True, rows=rows, retrain=True, examples=1,
+    data = wsol.run_synthetic(tmp_path / "b", ck.parent, quick=True, rows=rows, retrain=True, examples=1,
                               log=lambda *a: None)
     assert not data["training"][0]["reused"] and data["training"][0]["iterations"] > 0
 
@@ -128,17 +138,25 @@ def test_miou_sweep_equals_camfast_metrics_miou():
 
 
 def test_orderings_follow_the_metric_direction():
-    res = [{"name": "Grad-CAM", "top1_loc": 40.0, "max_box_acc_v2": 50.0, "miou": 30.0},
-           {"name": "Zoom-CAM", "top1_loc": 45.0, "max_box_acc_v2": 48.0, "miou": 30.0},
-           {"name": "CAM", "f_ois": 0.5, "mae": 0.2},
-           {"name": "rCAM + CRF", "f_ois": 0.6, "mae": 0.3}]
+    res = [{"name": "Grad-CAM", "model": "gap", "method": "grad-cam", "top1_loc": 40.0, "max_box_acc_v2": 50.0,
+            "miou": 30.0},
+           {"name": "Zoom-CAM", "model": "gap", "method": "zoom-cam", "top1_loc": 45.0, "max_box_acc_v2": 48.0,
+            "miou": 30.0},
+           {"name": "CAM", "model": "gap", "method": "cam", "f_ois": 0.5, "mae": 0.2},
+           {"name": "rCAM + CRF", "model": "gap", "method": "rcam-crf", "f_ois": 0.6, "mae": 0.3},
+           {"name": "CAM, TAP model", "model": "tap", "method": "cam", "pxap": 50.0}]
     got = {(c["method"], c["metric"]): (c["agrees"], c["tie"]) for c in wsol.orderings(res)}
     assert got[("Zoom-CAM", "top1_loc")] == (True, False)
     assert got[("Zoom-CAM", "max_box_acc_v2")] == (False, False)
     assert got[("Zoom-CAM", "miou")] == (False, True)
     assert got[("rCAM + CRF", "f_ois")] == (True, False)
     assert got[("rCAM + CRF", "mae")] == (False, False)  # MAE: lower is better
-    assert ("rCAM (no CRF)", "f_ois") not in got  # rows that are absent are not compared
+    assert ("rCAM", "f_ois") not in got  # rows that are absent are not compared
+    assert ("CAM, TAP model", "pxap") not in got  # nor metrics a row lacks (the baseline's pxap)
+    # a real dataset's table: the one loaded model is the baseline classifier
+    as_model = [{**r, "model": "model"} for r in res if r["model"] == "gap"]
+    assert {(c["method"], c["metric"]) for c in wsol.orderings(as_model)} == {
+        k for k in got if k[0] != "CAM, TAP model"}
 
 
 # ----------------------------------------------------------------------------- real-dataset path
@@ -207,8 +225,9 @@ def test_real_dataset_with_other_classes_scores_the_top1_map(fake_cub, tmp_path)
 
 def test_rows_a_model_cannot_run_are_left_out(fake_cub, tmp_path):
     lines: list[str] = []
+    rows = [r for r in wsol.INFERENCE_ROWS if r.method in ("cam", "grad-cam")]
     data = wsol.run_dataset("cub", fake_cub, "wsol_fixture_models:no_head", tmp_path, size=32,
-                            rows=wsol.INFERENCE_ROWS[:2], log=lines.append)
+                            rows=rows, log=lines.append)
     assert [r["name"] for r in data["results"]] == ["Grad-CAM"]
     assert any("skipping CAM" in line for line in lines)
 
@@ -242,3 +261,66 @@ def test_bad_library_arguments(tmp_path):
         wsol.compute_maps("score-cam", torch.nn.Identity(), torch.rand(1, 3, 8, 8), torch.zeros(1, dtype=torch.long))
     with pytest.raises(SystemExit):
         cli_main(["eval", "--dataset", "coco"])
+
+
+# ----------------------------------------------------------------------------- rows from the registry
+
+def test_a_registered_method_is_a_row_of_both_tables():
+    from camfast.methods import registry
+
+    @registry.register("test-throwaway-cam", display="Throwaway-CAM", kind="classifier-weight",
+                       summary="a test row")
+    def throwaway_cam(model, x, target=None, **kwargs):
+        import camfast
+
+        return camfast.cam(model, x, target, **kwargs)
+
+    try:
+        assert wsol.Row("Throwaway-CAM", "model", "test-throwaway-cam") in wsol.INFERENCE_ROWS
+        assert wsol.Row("Throwaway-CAM", "gap", "test-throwaway-cam") in wsol.SYNTHETIC_ROWS
+        from camfast.evaluation.wsol import INFERENCE_ROWS  # the from-import is computed too
+
+        assert INFERENCE_ROWS[-1].method == "test-throwaway-cam"
+    finally:
+        registry.unregister("test-throwaway-cam")
+    assert all(r.method != "test-throwaway-cam" for r in wsol.INFERENCE_ROWS)
+    # one inference row per registered method, in registration order; PaS for the NWC variant
+    rows = wsol.INFERENCE_ROWS
+    assert [r.method for r in rows] == registry.names()
+    assert [r.name for r in rows if r.pas] == ["CAM + NWC + PaS"]
+
+
+def test_synthetic_rows_are_the_papers_design_checked_against_the_registry():
+    from camfast.methods import registry
+
+    rows = wsol.SYNTHETIC_ROWS
+    assert [(r.method, r.model) for r in rows[:len(wsol.SYNTHETIC_DESIGN)]] == list(wsol.SYNTHETIC_DESIGN)
+    assert {r.method for r in rows} == set(registry.names())  # every method is on the table
+    assert len({r.name for r in rows}) == len(rows)
+    with pytest.raises(ValueError, match="unknown method"):
+        wsol.Row("Score-CAM", "gap", "score-cam")
+    with pytest.raises(ValueError, match="model"):
+        wsol.Row("CAM", "vgg", "cam")
+    assert wsol.Row("Zoom", "gap", "Zoom_CAM").method == "zoom-cam"  # kept canonical
+
+
+# ----------------------------------------------------------------------------- issue 13 item 11
+
+def test_rows_needing_a_missing_module_are_left_out_before_any_training(tmp_path, monkeypatch):
+    # `pip install camfast[cli]` has no pydensecrf: rCAM + CRF is left out with a note at the
+    # start (not an ImportError after minutes of training)
+    monkeypatch.setitem(sys.modules, "pydensecrf", None)  # find_spec() -> None, import -> ImportError
+    monkeypatch.setitem(sys.modules, "pydensecrf.densecrf", None)
+    lines: list[str] = []
+    rows = [wsol.Row.of("cam", "gap"), wsol.Row.of("rcam-crf", "gap")]
+    data = wsol.run_synthetic(tmp_path / "out", quick=True, rows=rows, examples=1, log=lines.append)
+    assert [r["name"] for r in data["results"]] == ["CAM"]
+    skip = next(i for i, line in enumerate(lines) if "rCAM + CRF left out" in line)
+    assert "pydensecrf" in lines[skip] and "camfast[crf]" in lines[skip]
+    assert skip < next(i for i, line in enumerate(lines) if line.startswith("[gap] epoch"))
+    assert any("rCAM + CRF left out" in n for n in data["notes"])
+    assert "rCAM + CRF left out" in (tmp_path / "out" / "wsol_table.md").read_text()
+    # nothing left to run: a clear error before any training
+    with pytest.raises(ImportError, match="pydensecrf"):
+        wsol.run_synthetic(tmp_path / "none", quick=True, rows=rows[1:], log=lines.append)
+    assert not (tmp_path / "none").exists()
