@@ -231,3 +231,30 @@ def test_camfast_eval_reports_an_unreadable_checkpoint_and_exits_2(tmp_path, cap
     err = capsys.readouterr().err
     assert "gap.pt" in err and "Traceback" not in err
     assert not (tmp_path / "pwned").exists()
+
+
+def test_no_unsafe_deserialisation_in_the_package():
+    # every torch.load in camfast passes weights_only=True; no pickle/marshal loads, no
+    # numpy allow_pickle=True (a user's file must never run code when camfast reads it)
+    import ast
+    from pathlib import Path
+
+    bad = []
+    for path in sorted((Path(camfast.__file__).parent).rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if not isinstance(node, ast.Call):
+                continue
+            name = ast.unparse(node.func)
+            kw = {k.arg: k.value for k in node.keywords}
+            where = f"{path.name}:{node.lineno}: {name}"
+            if name.endswith("torch.load") or name == "load" and "map_location" in kw:
+                value = kw.get("weights_only")
+                if not (isinstance(value, ast.Constant) and value.value is True):
+                    bad.append(where + " without weights_only=True")
+            elif name.split(".")[0] in ("pickle", "marshal", "dill", "joblib", "shelve") and "load" in name:
+                bad.append(where)
+            elif name.endswith(("np.load", "numpy.load")):
+                value = kw.get("allow_pickle")
+                if value is not None and not (isinstance(value, ast.Constant) and value.value is False):
+                    bad.append(where + " with allow_pickle")
+    assert not bad, "\n".join(bad)
