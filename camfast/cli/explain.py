@@ -278,7 +278,9 @@ def _font_families() -> list[str]:
     return [*rcParams["font.sans-serif"][:1], *cjk]
 
 
-def _comparison_matplotlib(path: Path, rows: list[_Row], methods: list[str]) -> None:
+def comparison_figure(rows: list[_Row], methods: list[str]):
+    """The comparison as a matplotlib ``Figure``: a row per image (the photo, then each
+    method's overlay) and a colour bar of the map values."""
     import matplotlib
     matplotlib.use("Agg", force=False)
     from matplotlib.cm import ScalarMappable
@@ -301,6 +303,11 @@ def _comparison_matplotlib(path: Path, rows: list[_Row], methods: list[str]) -> 
     bar = fig.colorbar(ScalarMappable(Normalize(0, 1), "jet"), ax=axes[:, -1].tolist(), fraction=0.05, pad=0.02)
     bar.set_label("map value (0 low, 1 high)", fontsize=8)
     bar.ax.tick_params(labelsize=7)
+    return fig
+
+
+def _comparison_matplotlib(path: Path, rows: list[_Row], methods: list[str]) -> None:
+    fig = comparison_figure(rows, methods)
     atomic_write(path, lambda f: fig.savefig(f, format="png"))
 
 
@@ -467,5 +474,5 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["ALPHA", "EPILOG", "MAX_SIDE", "add_parser", "classify", "explain_image", "overlay", "run",
+__all__ = ["ALPHA", "EPILOG", "MAX_SIDE", "add_parser", "classify", "comparison_figure", "explain_image", "overlay", "run",
            "write_comparison"]
