@@ -53,8 +53,8 @@ import torch
 from torch import Tensor
 
 __all__ = [
-    "BoxAccDetails", "FMeasure", "FMeasureResult", "GTKnownLoc", "MAE", "MIoU", "MaxBoxAcc", "MaxBoxAccV2",
-    "PxAP", "Top1Loc", "contour_boxes", "default_cam_thresholds",
+    "BoxAccDetails", "BoxAccumulator", "FMeasure", "FMeasureResult", "GTKnownLoc", "MAE", "MIoU", "MaxBoxAcc",
+    "MaxBoxAccV2", "PxAP", "Top1Loc", "contour_boxes", "default_cam_thresholds",
 ]
 
 _BOX_FORMATS = ("wsol", "inclusive")
@@ -266,11 +266,14 @@ class BoxAccDetails:
     count: int
 
 
-class _BoxAccumulator(abc.ABC):
+class BoxAccumulator(abc.ABC):
     """The box-accuracy curve shared by MaxBoxAcc, MaxBoxAccV2 and GTKnownLoc; each subclass
     says how the per-IoU-threshold maxima become its one number (:meth:`_value`)."""
 
-    _force_torch_masks = False  # tests set it to run the device (batched torch) mask path on CPU
+    #: How the thresholded masks are made: ``"auto"`` (OpenCV's threshold for CPU maps, one
+    #: batched torch compare per image elsewhere) or ``"torch"`` (the batched compare always:
+    #: what the tests use to check the device path on a CPU). Same masks either way.
+    mask_path = "auto"
 
     def __init__(self, cam_thresholds: object, iou_thresholds: Sequence[float], multi_contour: bool,
                  box_format: str) -> None:
@@ -311,7 +314,9 @@ class _BoxAccumulator(abc.ABC):
         # On the CPU OpenCV's threshold (wsolevaluation's own call) is ~10x faster than a
         # broadcast compare; elsewhere the masks of one image are made in one batched compare
         # and copied to the host at once.
-        on_host = u8.device.type == "cpu" and not self._force_torch_masks
+        if self.mask_path not in ("auto", "torch"):
+            raise ValueError(f"mask_path must be 'auto' or 'torch', got {self.mask_path!r}")
+        on_host = u8.device.type == "cpu" and self.mask_path == "auto"
         u8_host = u8.numpy() if on_host else None
         for b in range(batch):
             if keep is not None and not bool(keep[b]):
@@ -385,7 +390,7 @@ class _BoxAccumulator(abc.ABC):
         )
 
 
-class MaxBoxAccV2(_BoxAccumulator):
+class MaxBoxAccV2(BoxAccumulator):
     """MaxBoxAccV2 (wsolevaluation): mean over IoU thresholds of the best-threshold box accuracy.
 
     Args:
@@ -421,7 +426,7 @@ class MaxBoxAccV2(_BoxAccumulator):
         return float(np.average(per_iou))
 
 
-class MaxBoxAcc(_BoxAccumulator):
+class MaxBoxAcc(BoxAccumulator):
     """MaxBoxAcc (wsolevaluation's V1): best-threshold share of images with IoU >= ``iou_threshold``.
 
     Defaults: largest contour only, IoU 50%, :func:`default_cam_thresholds`. ``update`` and
@@ -450,7 +455,7 @@ def _single_or_grid(cam_threshold: object) -> object:
     return [float(cam_threshold)]
 
 
-class GTKnownLoc(_BoxAccumulator):
+class GTKnownLoc(BoxAccumulator):
     """GT-known localisation accuracy: the box from the ground-truth class's CAM has IoU >= delta.
 
     Args:

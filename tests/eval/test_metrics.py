@@ -331,7 +331,8 @@ def test_box_bad_inputs():
         metric.update(m, [torch.zeros(0, 4, dtype=torch.long), ok[0]])
     with pytest.raises(ValueError, match=r"boxes\[0\] must have shape"):
         metric.update(m, [torch.zeros(1, 3, dtype=torch.long), ok[0]])
-    assert metric._count == 0  # nothing was accumulated by the failed calls
+    with pytest.raises(RuntimeError, match="before any update"):  # the failed calls accumulated nothing
+        metric.compute()
     with pytest.raises(ValueError, match="cam_thresholds"):
         M.MaxBoxAccV2(cam_thresholds=[0.1, 1.5])
     with pytest.raises(ValueError, match="iou_thresholds"):
@@ -610,7 +611,7 @@ def test_every_metric_on_the_device_equals_cpu(device, monkeypatch):
     got = run(maps.to(dev), masks.to(dev), labels.to(dev), cams3.to(dev), [b.to(dev) for b in boxes])
     for a, b in zip(ref, got):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
-    monkeypatch.setattr(M._BoxAccumulator, "_force_torch_masks", True)
+    monkeypatch.setattr(M.BoxAccumulator, "mask_path", "torch")
     forced = run(maps.to(dev), masks.to(dev), labels.to(dev), cams3.to(dev), [b.to(dev) for b in boxes])
     for a, b in zip(ref, forced):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
