@@ -54,10 +54,10 @@ class _MovedModuleFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     """``import camfast.metrics`` (and its submodules) gives ``camfast.evaluation.metrics``."""
 
     def find_spec(self, fullname, path=None, target=None):
-        for old, new in _MOVED.items():
-            if fullname == old or fullname.startswith(old + "."):
-                return importlib.util.spec_from_loader(fullname, self, origin=new + fullname[len(old):])
-        return None
+        try:
+            return importlib.util.spec_from_loader(fullname, self, origin=self._target(fullname))
+        except ImportError:
+            return None
 
     def create_module(self, spec):
         module = importlib.import_module(spec.origin)
@@ -66,6 +66,20 @@ class _MovedModuleFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
     def exec_module(self, module) -> None:
         pass
+
+    def get_code(self, fullname):  # ``python -m camfast.train`` (runpy) runs the module's new home
+        target = importlib.util.find_spec(self._target(fullname))
+        return target.loader.get_code(target.name)
+
+    def is_package(self, fullname) -> bool:
+        return importlib.util.find_spec(self._target(fullname)).submodule_search_locations is not None
+
+    @staticmethod
+    def _target(fullname: str) -> str:
+        for old, new in _MOVED.items():
+            if fullname == old or fullname.startswith(old + "."):
+                return new + fullname[len(old):]
+        raise ImportError(fullname)
 
 
 if not any(isinstance(f, _MovedModuleFinder) for f in sys.meta_path):

@@ -7,8 +7,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from camfast.methods.engine import (CAMResult, check_input, class_names_of, classifier_head, pooled_features,
-                                    result_size, target_indices, unit_scale)
+from camfast.methods.engine import (CAMResult, check_input, class_names_of, class_sets, classifier_head,
+                                    is_multi_target, pooled_features, result_size, target_indices, unit_scale)
 from camfast.methods.registry import register, register_variant
 from camfast.ops import upsample_aggregate
 
@@ -37,7 +37,9 @@ def cam(model, x, target=None, clamp_negative_weights=False, output_size=None, *
         model: a classifier with a global pooling (``nn.AdaptiveAvgPool2d``, ``nn.AvgPool2d``,
             ``camfast.nn.ThresholdedAvgPool2d``) followed by an ``nn.Linear``.
         x, output_size, return_layers, output_fn: as for :func:`camfast.zoom_cam`.
-        target: None (top class), an int or one class index per image (not callables).
+        target: None (top class), an int, one class index per image, or several per image
+            (a ``(B, K)`` tensor, or one list per image: all from the one forward); not
+            callables.
 
     Raises:
         ValueError: if the model has no "global pooling then linear" head.
@@ -46,8 +48,19 @@ def cam(model, x, target=None, clamp_negative_weights=False, output_size=None, *
     size = result_size(x, output_size)
     head = classifier_head(model)
     logits, feats, _ = pooled_features(model, x, head, output_fn)
+    weight = head.linear.weight.detach()
+    if is_multi_target(target):  # every class of every image from the one forward
+        sets = class_sets(logits, target, class_names_of(model))
+        R, B = sets.rounds.shape
+        m = torch.stack([cam_weights(feats, weight[sets.rounds[j].clamp_min(0)], clamp_negative_weights)
+                         for j in range(R)]) if R else feats.new_zeros((0, B, *feats.shape[2:]), dtype=torch.float32)
+        out = upsample_aggregate([unit_scale(m.reshape(R * B, *m.shape[2:]))], size, reduce="max",
+                                 normalize="minmax").reshape(R, B, *size) if R else m.new_zeros((0, B, *size))
+        if return_layers:
+            return CAMResult(sets.assemble(out), {head.pool_name: sets.assemble(m)}, logits, sets.indices())
+        return sets.assemble(out)
     idx = target_indices(logits, target, "camfast.cam", class_names_of(model))
-    m = cam_weights(feats, head.linear.weight.detach()[idx], clamp_negative_weights)
+    m = cam_weights(feats, weight[idx], clamp_negative_weights)
     out = upsample_aggregate([unit_scale(m)], size, reduce="max", normalize="minmax")
     if return_layers:
         return CAMResult(out, {head.pool_name: m}, logits, idx)

@@ -42,7 +42,7 @@ from camfast.nn import ThresholdedAvgPool2d
 from camfast.ops import grad_weighted_map, upsample_aggregate
 
 __all__ = [
-    "CAMResult", "ClassifierHead", "class_names_of", "Layers", "OutputSize", "Target", "WeightingRule", "check_input",
+    "CAMResult", "ClassSets", "ClassifierHead", "class_names_of", "class_sets", "each_class", "is_multi_target", "Layers", "OutputSize", "Target", "WeightingRule", "check_input",
     "classifier_head", "class_maps", "fuse_maps", "gradient_cam", "gradient_layer_maps", "logits_of",
     "pooled_features", "result_size", "target_indices", "target_score", "unit_scale",
 ]
@@ -56,10 +56,14 @@ class CAMResult(NamedTuple):
     """What the CAM functions return with ``return_layers=True``.
 
     Attributes:
-        cam: ``(B, H, W)`` float32 map in [0, 1].
-        layer_maps: per-layer maps ``{name: (B, h_l, w_l)}`` before normalisation.
+        cam: ``(B, H, W)`` float32 map in [0, 1]; with several classes per image
+            ``(B, K, H, W)`` (a ``(B, K)`` target) or a list of ``(K_b, H, W)`` (one class
+            list per image).
+        layer_maps: per-layer maps ``{name: (B, h_l, w_l)}`` before normalisation (laid out
+            as ``cam`` with several classes).
         logits: the model output used for the score (detached).
-        targets: ``(B,)`` class indices, or None when the target was given as callables.
+        targets: ``(B,)`` class indices (``(B, K)`` or a list of ``(K_b,)``), or None when the
+            target was given as callables.
     """
 
     cam: Tensor
@@ -201,6 +205,87 @@ def target_indices(logits: Tensor, target: Target, method: str,
     return idx
 
 
+class ClassSets(NamedTuple):
+    """Several classes per image (the all-class target forms), as rounds.
+
+    Attributes:
+        rounds: ``(R, B)`` long: ``rounds[j, b]`` is image ``b``'s ``j``-th class, ``-1`` past
+            its last (``R`` the most classes any image has).
+        counts: the number of classes of each image.
+        ragged: the target was one list per image (results are lists of ``(K_b, H, W)``), not
+            a ``(B, K)`` tensor (results ``(B, K, H, W)``).
+    """
+
+    rounds: Tensor
+    counts: list[int]
+    ragged: bool
+
+    def assemble(self, per_round: Tensor) -> Tensor | list[Tensor]:
+        """``(R, B, ...)`` per-round results -> ``(B, K, ...)`` or one ``(K_b, ...)`` per image."""
+        if not self.ragged:
+            return per_round.transpose(0, 1)
+        return [per_round[: k, b] for b, k in enumerate(self.counts)]
+
+    def indices(self) -> Tensor | list[Tensor]:
+        """The classes in the result's layout: ``(B, K)`` or one ``(K_b,)`` tensor per image."""
+        return self.assemble(self.rounds)
+
+
+def _is_sequence(t: object) -> bool:
+    return isinstance(t, (list, tuple, Tensor)) or (hasattr(t, "__array__") and not isinstance(t, (str, bytes)))
+
+
+def is_multi_target(target: object) -> bool:
+    """Whether ``target`` asks for several classes per image: a 2-D integer tensor/array
+    ``(B, K)``, or one sequence of classes per image (lengths may differ, even be 0)."""
+    if isinstance(target, Tensor) or (hasattr(target, "__array__") and not isinstance(target, (list, tuple))):
+        return torch.as_tensor(target).dim() == 2
+    return isinstance(target, (list, tuple)) and len(target) > 0 and all(_is_sequence(t) for t in target)
+
+
+def class_sets(logits: Tensor, target: object, class_names: Sequence[str] | None = None) -> ClassSets:
+    """Parse a multi-class ``target`` (:func:`is_multi_target`) against ``(B, num_classes)``
+    scores: every class checked (index range, names), per image."""
+    B, K = logits.shape
+    if isinstance(target, Tensor) or (hasattr(target, "__array__") and not isinstance(target, (list, tuple))):
+        t = torch.as_tensor(target)
+        if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
+            raise TypeError(f"target: a (B, K) class tensor must hold integers, got {t.dtype}")
+        if t.shape[0] != B:
+            raise ValueError(f"target: a (B, K) class tensor needs B = {B} rows, got shape {tuple(t.shape)}")
+        per_image, ragged = t.tolist(), False
+    else:
+        if len(target) != B:
+            raise ValueError(f"target: {len(target)} class lists for a batch of {B} images; give one per image")
+        per_image = [torch.as_tensor(t).reshape(-1).tolist() if not isinstance(t, (list, tuple)) else list(t)
+                     for t in target]
+        ragged = True
+    idx = [[_class_index(k, K, class_names) for k in classes] for classes in per_image]
+    counts = [len(c) for c in idx]
+    R = max(counts, default=0)
+    rounds = torch.full((R, B), -1, dtype=torch.long)
+    for b, classes in enumerate(idx):
+        if classes:
+            rounds[: len(classes), b] = torch.tensor(classes)
+    return ClassSets(rounds.to(logits.device), counts, ragged)
+
+
+def each_class(single: Callable[[Tensor, Tensor, Tensor], Tensor], x: Tensor, sets: ClassSets) -> Tensor:
+    """``(R, B, ...)`` per-round maps for a method without a native all-class path:
+    ``single(x_subset, classes, image_index)`` runs once per round on the images that have a
+    class in that round (zeros elsewhere; :meth:`ClassSets.assemble` drops them)."""
+    out: Tensor | None = None
+    for j in range(sets.rounds.shape[0]):
+        rows = (sets.rounds[j] >= 0).nonzero()[:, 0]
+        m = single(x[rows], sets.rounds[j, rows], rows)
+        if out is None:
+            out = m.new_zeros((sets.rounds.shape[0], x.shape[0], *m.shape[1:]))
+        out[j, rows] = m
+    if out is None:  # no image has any class
+        out = x.new_zeros((0, x.shape[0], *x.shape[2:]), dtype=torch.float32)
+    return out
+
+
 # ------------------------------------------------------------------------------ gradient methods
 @dataclass(frozen=True)
 class WeightingRule:
@@ -237,6 +322,7 @@ class _LayerTap:
         self.calls = 0
         self.map: Tensor | None = None
         self.spatial: tuple[int, int] | None = None
+        self.keep_activation = False  # several backwards (one per round of classes) reuse it
 
     def forward_hook(self, module: nn.Module, inputs: Any, output: Any) -> None:
         self.calls += 1
@@ -281,22 +367,30 @@ class _LayerTap:
             g = g.to(a.dtype)
         with torch.set_grad_enabled(self.create_graph):
             self.map = self.rule(a, g)
-        self.activation = None  # the gradient and our reference to the activation go now
+        if not self.keep_activation:
+            self.activation = None  # the gradient and our reference to the activation go now
 
 
 def gradient_layer_maps(
     model: nn.Module, x: Tensor, target: Target, layers: list[tuple[str, nn.Module]], rule: WeightingRule,
     reshape_transform: Callable[[Tensor], Tensor] | None = None,
     output_fn: Callable[[Any], Tensor] | None = None, create_graph: bool = False,
-) -> tuple[list[Tensor], Tensor, Tensor | None]:
-    """One forward and one streaming backward: ``(per-layer maps, logits, class indices)``.
+) -> tuple[list[Tensor], Tensor, Tensor | ClassSets | None]:
+    """One forward and a streaming backward: ``(per-layer maps, logits, classes)``.
 
     ``layers`` are ``(name, module)`` pairs (:func:`camfast.methods.layers.resolve_layers`);
     each map is ``rule(A_l, G_l)`` as ``(B, h_l, w_l)``, zero for a layer the score does not
-    depend on.
+    depend on. With several classes per image (:func:`is_multi_target`) the forward still
+    runs once, then one backward per round of classes (image ``b``'s ``j``-th class in round
+    ``j``, all images at once): maps are ``(R, B, h_l, w_l)`` and the classes a
+    :class:`ClassSets`.
     """
+    multi = is_multi_target(target)
     taps = [_LayerTap(name, rule, reshape_transform, create_graph) for name, _ in layers]
+    for tap in taps:
+        tap.keep_activation = multi
     handles = []
+    rounds: list[list[Tensor]] = [[] for _ in taps]
     try:
         for tap, (_, module) in zip(taps, layers):
             handles.append(module.register_forward_hook(tap.forward_hook))
@@ -309,8 +403,14 @@ def gradient_layer_maps(
                 x = x.clone()
             x_in = x if x.requires_grad else x.detach().requires_grad_(True)
             logits = logits_of(model(x_in), output_fn)
-            score, idx = target_score(logits, target, class_names_of(model))
-            if not score.requires_grad:
+            if multi:
+                sets = class_sets(logits, target, class_names_of(model))
+                scores = [_round_score(logits, sets.rounds[j]) for j in range(sets.rounds.shape[0])]
+                idx: Tensor | ClassSets | None = sets
+            else:
+                score, idx = target_score(logits, target, class_names_of(model))
+                scores = [score]
+            if scores and not scores[0].requires_grad:
                 raise RuntimeError("the target score does not depend on the input: is the model frozen in no_grad?")
             wrt = x_in
             act = taps[0].activation if len(taps) == 1 else None
@@ -320,21 +420,39 @@ def gradient_layer_maps(
                 # when the output was modified in place: the input then, and the hook raises.
                 wrt = act
             del act
-            torch.autograd.grad(score, (wrt,), create_graph=create_graph, allow_unused=True)
+            for j, score in enumerate(scores):
+                last = j == len(scores) - 1
+                torch.autograd.grad(score, (wrt,), retain_graph=create_graph or not last, create_graph=create_graph,
+                                    allow_unused=True)
+                for tap, kept in zip(taps, rounds):
+                    kept.append(tap.map if tap.map is not None else _zero_map(x, tap))
+                    tap.map = None
     finally:
         for h in handles:
             h.remove()
         for tap in taps:
             tap.activation = None
     maps = []
-    for tap in taps:
+    for tap, kept in zip(taps, rounds):
         if tap.calls == 0:
             raise RuntimeError(f"layer {tap.name!r} did not run in the forward pass")
-        if tap.map is None:  # the layer does not influence the score: its map is zero
-            assert tap.spatial is not None
-            tap.map = x.new_zeros((x.shape[0], *tap.spatial), dtype=torch.float32)
-        maps.append(tap.map)
+        if multi:
+            maps.append(torch.stack(kept) if kept else x.new_zeros((0, x.shape[0], *tap.spatial)))
+        else:
+            maps.append(kept[0] if kept else _zero_map(x, tap))
     return maps, logits.detach(), idx
+
+
+def _zero_map(x: Tensor, tap: _LayerTap) -> Tensor:
+    """The map of a layer the score does not depend on."""
+    assert tap.spatial is not None
+    return x.new_zeros((x.shape[0], *tap.spatial), dtype=torch.float32)
+
+
+def _round_score(logits: Tensor, classes: Tensor) -> Tensor:
+    """``sum_b logits[b, classes[b]]`` over the images with a class in this round (``>= 0``)."""
+    picked = logits.gather(1, classes.clamp_min(0)[:, None])[:, 0]
+    return torch.where(classes >= 0, picked, torch.zeros_like(picked)).sum()
 
 
 def unit_scale(m: Tensor) -> Tensor:
@@ -374,6 +492,14 @@ def gradient_cam(model: nn.Module, x: Tensor, target: Target, layers: Layers, ru
     chosen = resolve_layers(model, layers, argument)
     maps, logits, idx = gradient_layer_maps(model, x, target, chosen, rule, reshape_transform, output_fn,
                                             create_graph)
+    if isinstance(idx, ClassSets):  # (R, B, h, w) per layer: every (class, image) pair fused at once
+        R, B = idx.rounds.shape
+        fused = fuse_maps([m.reshape(R * B, *m.shape[2:]) for m in maps], size, fuse) if R else \
+            x.new_zeros((0, *size), dtype=torch.float32)
+        out = idx.assemble(fused.reshape(R, B, *size))
+        if return_layers:
+            return CAMResult(out, {name: idx.assemble(m) for (name, _), m in zip(chosen, maps)}, logits, idx.indices())
+        return out
     out = fuse_maps(maps, size, fuse)
     if return_layers:
         return CAMResult(out, {name: m for (name, _), m in zip(chosen, maps)}, logits, idx)

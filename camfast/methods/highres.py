@@ -25,8 +25,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from camfast.localization import normalize
-from camfast.methods.engine import (check_input, class_names_of, classifier_head, pooled_features, result_size,
-                                    target_indices)
+from camfast.methods.engine import (CAMResult, check_input, class_names_of, class_sets, classifier_head, each_class,
+                                    is_multi_target, logits_of, pooled_features, result_size, target_indices)
 from camfast.methods.layers import resolve_layers
 from camfast.methods.registry import register, register_variant
 
@@ -207,6 +207,18 @@ def rcam(model: nn.Module, x: Tensor, target=None, scales: Sequence[float] = (1,
     """
     x = check_input(x)
     size = result_size(x, output_size)
+    if is_multi_target(target):  # one rCAM pipeline per round of classes (shared forwards are not reused)
+        with torch.no_grad():
+            logits = logits_of(model(x), output_fn).detach()
+        sets = class_sets(logits, target, class_names_of(model))
+
+        def single(xs: Tensor, classes: Tensor, rows: Tensor) -> Tensor:
+            img = image if image is None or getattr(image, "ndim", 4) == 3 else image[rows.tolist()]
+            return rcam(model, xs, classes, scales, crf, shape_layer, eps=eps, image=img, crf_iters=crf_iters,
+                        output_fn=output_fn, crf_workers=crf_workers, output_size=size)
+
+        out = sets.assemble(each_class(single, x, sets))
+        return CAMResult(out, {}, logits, sets.indices()) if (return_layers or return_intermediates) else out
     if len(scales) != 2 or scales[0] != 1 or scales[1] <= 1:
         raise ValueError(f"scales must be (1, s) with s > 1, got {tuple(scales)!r}")
     B, _, H, W = x.shape

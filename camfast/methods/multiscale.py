@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from camfast.methods.engine import (CAMResult, check_input, class_maps, class_names_of, logits_of, result_size,
-                                    target_indices)
+from camfast.methods.engine import (CAMResult, check_input, class_maps, class_names_of, class_sets, is_multi_target,
+                                    logits_of, result_size, target_indices)
 from camfast.methods.registry import register
 from camfast.ops import upsample_aggregate
 from camfast.puzzle import multiscale_cam
@@ -38,12 +38,23 @@ def multiscale_class_cam(model, x, target=None, scales=(0.5, 1.0, 1.5, 2.0), fli
     size = result_size(x, output_size)
     maps = multiscale_cam(_ClassMaps(model), x, scales=scales, flip=flip)  # (B, K, H, W), every class
     logits = None
-    if target is None or return_layers:
+    if target is None or return_layers or is_multi_target(target):
         with torch.no_grad():
             logits = logits_of(model(x), output_fn).detach()
+    rows = torch.arange(x.shape[0], device=maps.device)
+    if is_multi_target(target):  # every class's map is there already
+        sets = class_sets(logits, target, class_names_of(model))
+        R, B = sets.rounds.shape
+        m = torch.stack([maps[rows, sets.rounds[j].clamp_min(0).to(maps.device)] for j in range(R)]).float() if R \
+            else maps.new_zeros((0, B, *maps.shape[2:]))
+        out = upsample_aggregate([m.reshape(R * B, *m.shape[2:])], size, reduce="max",
+                                 normalize="minmax").reshape(R, B, *size) if R else m.new_zeros((0, B, *size))
+        if return_layers:
+            return CAMResult(sets.assemble(out), {"multiscale": sets.assemble(m)}, logits, sets.indices())
+        return sets.assemble(out)
     idx = target_indices(logits if logits is not None else maps.new_zeros(maps.shape[:2]), target,
                          "camfast.multiscale_class_cam", class_names_of(model))
-    m = maps[torch.arange(x.shape[0], device=maps.device), idx.to(maps.device)].float()
+    m = maps[rows, idx.to(maps.device)].float()
     out = upsample_aggregate([m], size, reduce="max", normalize="minmax")
     if return_layers:
         return CAMResult(out, {"multiscale": m}, logits, idx)
