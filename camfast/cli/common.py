@@ -17,10 +17,13 @@ from collections.abc import Sequence
 from typing import Any
 
 __all__ = [
-    "EXIT_FAILED_IMAGES", "EXIT_INTERRUPTED", "EXIT_NO_IMAGES", "EXIT_OK", "EXIT_OUTPUT", "EXIT_STATUS_HELP",
+    "DEFAULT_METHOD", "EXIT_FAILED_IMAGES", "EXIT_INTERRUPTED", "EXIT_NO_IMAGES", "EXIT_OK", "EXIT_OUTPUT", "EXIT_STATUS_HELP",
     "EXIT_USAGE", "FATAL_WRITE_ERRNOS", "OutputStopped", "UsageError", "available_methods", "describe_os_error",
     "load_model", "match_class_name", "method_names", "method_type", "methods_help", "resolve_device",
 ]
+
+#: the method a command runs when none is given (one place; any registered name works)
+DEFAULT_METHOD = "zoom-cam"
 
 EXIT_OK = 0
 #: no image was found in what was given (an empty folder, only non-images)
@@ -89,10 +92,10 @@ def method_type(text: str) -> str:
 
 
 def methods_help() -> str:
-    """``name (summary)`` for every registered method, for ``--help``."""
+    """Every registered method (with what it needs that is missing here), for ``--help``."""
     from camfast.methods import registry
 
-    return "; ".join(f"{s.name}" + (f" (needs {', '.join(s.missing())})" if s.missing() else "")
+    return ", ".join(f"{s.name}" + (f" (needs {', '.join(s.missing())})" if s.missing() else "")
                      for s in registry.specs())
 
 

@@ -52,7 +52,7 @@ and the --out folder skipped); EXIF orientation is applied; only regular files a
 {EXIT_STATUS_HELP}
 
 examples:
-  camfast explain                                    # the bundled sample photos, zoom-cam
+  camfast explain                                    # the bundled sample photos, default method
   camfast explain photo.jpg -m all -o out            # every method on one photo
   camfast explain photos/ --target "tabby cat"       # one class for every image (names: case ignored)
   camfast explain img.png --model my_models:resnet   # my_models.py in the working directory"""
@@ -96,7 +96,7 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
                         help="image files or folders (default: the sample photos bundled with camfast)")
     parser.add_argument("--method", "-m", action="append", type=_method_list, metavar="METHOD",
                         help=f"any spelling of {common.methods_help()}, or 'all' (those installed); repeat or "
-                             "give a comma list (default: zoom-cam)")
+                             f"give a comma list (default: {common.DEFAULT_METHOD})")
     parser.add_argument("--model", default="efficientnet-lite0", metavar="MODEL",
                         help="'efficientnet-lite0' (bundled, ImageNet), 'module:callable' (imported from the "
                              "working directory too) or a TorchScript file (default: efficientnet-lite0)")
@@ -372,7 +372,7 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     from camfast.models import sample_images
 
-    methods = list(dict.fromkeys(m for group in (args.method or [["zoom-cam"]]) for m in group))
+    methods = list(dict.fromkeys(m for group in (args.method or [[common.DEFAULT_METHOD]]) for m in group))
     try:
         device = common.resolve_device(args.device)
         spec = common.load_model(args.model, device)

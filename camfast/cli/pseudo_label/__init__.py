@@ -86,8 +86,8 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     parser.epilog = EPILOG
     parser.add_argument("--images", required=True, help="folder of images (searched recursively)")
     parser.add_argument("--out", required=True, help="output folder (created; existing outputs are skipped)")
-    parser.add_argument("--method", default="zoom-cam", type=common.method_type, metavar="METHOD",
-                        help=f"CAM method, any spelling: {common.methods_help()} (default zoom-cam)")
+    parser.add_argument("--method", default=common.DEFAULT_METHOD, type=common.method_type, metavar="METHOD",
+                        help=f"CAM method, any spelling: {common.methods_help()} (default {common.DEFAULT_METHOD})")
     parser.add_argument("--labels", default=None, metavar="FILE",
                         help="image-level classes, one line per image: 'path cls1 cls2 ...' (see below)")
     parser.add_argument("--model", default="efficientnet-lite0", metavar="MODEL",
@@ -101,7 +101,7 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
                         help="background score for label maps (default 0.15 with --labels; without --labels a "
                         "label map is written only when this is given)")
     parser.add_argument("--crf", action="store_true", help="refine label maps with a dense CRF (pydensecrf2); "
-                        "a method with its own CRF (rcam) uses that instead")
+                        "a method with its own CRF (one whose function takes crf=) uses that instead")
     parser.add_argument("--workers", type=int, default=0, metavar="N",
                         help="image-decoding processes (default 0: in the main process)")
     parser.add_argument("--format", default="png", choices=FORMATS, help="heatmap format (default png)")

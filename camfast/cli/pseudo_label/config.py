@@ -6,7 +6,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from camfast.cli.common import (EXIT_FAILED_IMAGES, EXIT_INTERRUPTED, EXIT_OUTPUT, UsageError,
+from camfast.cli.common import (DEFAULT_METHOD, EXIT_FAILED_IMAGES, EXIT_INTERRUPTED, EXIT_OUTPUT, UsageError,
                                 method_names)
 from camfast.methods import registry
 from camfast.utils.progress import MODES as PROGRESS_MODES
@@ -32,7 +32,7 @@ class PseudoLabelConfig:
 
     images: Path
     out: Path
-    method: str = "zoom-cam"
+    method: str = DEFAULT_METHOD
     labels: Path | None = None
     model: str = "efficientnet-lite0"
     batch_size: int = 16
