@@ -7,9 +7,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from camfast.methods.engine import (CAMResult, check_input, class_names_of, class_sets, classifier_head,
-                                    is_multi_target, pooled_features, result_size, target_indices, unit_scale)
+from camfast.methods.engine import CAMResult, check_input, classifier_head, pooled_features, result_size, unit_scale
 from camfast.methods.registry import register, register_variant
+from camfast.methods.targets import class_names_of, class_sets, is_multi_target, target_indices
 from camfast.ops import upsample_aggregate
 
 

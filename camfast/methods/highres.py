@@ -25,10 +25,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from camfast.localization import normalize
-from camfast.methods.engine import (CAMResult, check_input, class_names_of, class_sets, classifier_head, each_class,
-                                    is_multi_target, logits_of, pooled_features, result_size, target_indices)
+from camfast.methods.engine import CAMResult, check_input, classifier_head, logits_of, pooled_features, result_size
 from camfast.methods.layers import resolve_layers
 from camfast.methods.registry import register, register_variant
+from camfast.methods.targets import class_names_of, class_sets, each_class, is_multi_target, target_indices
 
 __all__ = ["RCAMResult", "pca_guide", "rcam", "variogram_radius"]
 

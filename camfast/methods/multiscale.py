@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import torch
 
-from camfast.methods.engine import (CAMResult, check_input, class_maps, class_names_of, class_sets, is_multi_target,
-                                    logits_of, result_size, target_indices)
+from camfast.methods.engine import CAMResult, check_input, class_maps, logits_of, result_size
 from camfast.methods.registry import register
+from camfast.methods.targets import class_names_of, class_sets, is_multi_target, target_indices
 from camfast.ops import upsample_aggregate
 from camfast.puzzle import multiscale_cam
 
