@@ -46,13 +46,16 @@ def _version() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    # A subcommand whose module failed to import has no arguments: report the import error,
+    # not argparse's "unrecognized arguments".
+    known, _ = parser.parse_known_args(argv)
+    err = getattr(known, "_import_error", None)
+    if err is not None:
+        print(f"camfast {known.command}: {err}", file=sys.stderr)
+        return 2
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
-        return 2
-    err = getattr(args, "_import_error", None)
-    if err is not None:
-        print(f"camfast {args.command}: {err}", file=sys.stderr)
         return 2
     try:
         return int(importlib.import_module(args._module).run(args) or 0)

@@ -300,7 +300,7 @@ def comparison_figure(rows: list[_Row], methods: list[str]):
             ax.set_title(_drawable(title), fontsize=8, family=families)
             ax.axis("off")
     fig.tight_layout(rect=(0, 0, 1 - 0.5 / fig.get_figwidth(), 1))
-    bar = fig.colorbar(ScalarMappable(Normalize(0, 1), "jet"), ax=axes[:, -1].tolist(), fraction=0.05, pad=0.02)
+    bar = fig.colorbar(ScalarMappable(Normalize(0, 1), "jet"), ax=axes.ravel().tolist(), fraction=0.03, pad=0.02)
     bar.set_label("map value (0 low, 1 high)", fontsize=8)
     bar.ax.tick_params(labelsize=7)
     return fig
