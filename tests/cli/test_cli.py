@@ -52,3 +52,11 @@ def test_every_subcommand_has_help(name, capsys):
         main([name, "--help"])
     assert e.value.code == 0
     assert f"camfast {name}" in capsys.readouterr().out
+
+
+def test_a_subcommand_that_cannot_import_reports_the_import_error(monkeypatch, capsys):
+    monkeypatch.setitem(SUBCOMMANDS, "broken", ("camfast_no_such_module_for_this_test", "a broken command"))
+    assert main(["broken", "--some-option"]) == 2
+    err = capsys.readouterr().err
+    assert "camfast broken: No module named 'camfast_no_such_module_for_this_test'" in err
+    assert "unrecognized arguments" not in err
