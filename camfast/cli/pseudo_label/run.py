@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -133,27 +134,22 @@ def _suffixes() -> list[str]:
 
 def _locked_run(ctx: RunContext, images: list[str], threads: int) -> Summary:
     """Rank 0 holds ``OUT/.camfast.lock`` for the whole run; with it held, every temporary file
-    in OUT is a dead run's and is removed."""
+    in OUT is a dead run's and is removed. Every rank stops when rank 0 cannot take it."""
     out, d = ctx.config.out, ctx.dist
-    lock_error: str | None = None
-    lock = None
-    if d.rank == 0:
-        try:
-            lock = folder_lock(out)
-            lock.__enter__()
-            outputs.remove_stale_temporaries(out)
-        except FolderLocked as e:
-            lock, lock_error = None, str(e)
-        except OSError as e:
-            lock, lock_error = None, f"cannot write the output folder: {common.describe_os_error(e, out)}"
-    errors = [e for e in distributed.gather(d, lock_error) if e]
-    try:
+    with contextlib.ExitStack() as stack:
+        error: str | None = None
+        if d.rank == 0:
+            try:
+                stack.enter_context(folder_lock(out))
+                outputs.remove_stale_temporaries(out)
+            except FolderLocked as e:
+                error = str(e)
+            except OSError as e:
+                error = f"cannot write the output folder: {common.describe_os_error(e, out)}"
+        errors = [e for e in distributed.gather(d, error) if e]
         if errors:
             raise OutputStopped(errors[0])
         return _run(ctx, images, threads)
-    finally:
-        if lock is not None:
-            lock.__exit__(None, None, None)
 
 
 def _plan(ctx: RunContext, images: list[str]) -> tuple[list[tuple[int, str]], list[list[int]], int, list[str]]:
