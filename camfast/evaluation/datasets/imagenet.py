@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import Dataset
 
 from camfast.evaluation.datasets import common as C
+from camfast.utils.image import IMAGE_SUFFIXES
 
 __all__ = ["ImageNetVal"]
 
@@ -19,14 +20,15 @@ _LAYOUTS = (
     ("ILSVRC2012_img_val", "val"),                     # the two official tarballs extracted side by side
     ("images", "annotations"),
 )
-_EXTENSIONS = (".JPEG", ".jpg", ".jpeg", ".png")
+# ILSVRC's own upper-case suffix first, then the one image-suffix list of camfast
+_EXTENSIONS = (".JPEG", *IMAGE_SUFFIXES)
 
 
 class ImageNetVal(Dataset):
     """ILSVRC validation images plus Pascal-VOC-style XML boxes (one ``<id>.xml`` per image).
 
     Each XML has ``<object><name>wnid</name><bndbox><xmin>..<ymin>..<xmax>..<ymax>..``; the
-    image is ``<id>.JPEG`` (or ``.jpg``/``.jpeg``/``.png``) in the image folder. Samples are
+    image is ``<id>.JPEG`` (or any suffix of ``camfast.utils.image.IMAGE_SUFFIXES``) in the image folder. Samples are
     in the sorted order of the XML file names.
 
     Class index: from ``wnids`` (a file with one wnid first on each line, such as
