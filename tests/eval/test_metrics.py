@@ -17,23 +17,13 @@ from camfast.evaluation import metrics as M
 
 cv2 = pytest.importorskip("cv2")
 
+from wsol_reference import wsolevaluation_boxes  # noqa: E402
+
 
 # ------------------------------------------------------------------------------ references
 def _ref_boxes(scoremap: np.ndarray, t: float, multi: bool) -> list[list[int]]:
     """wsolevaluation's scoremap2bbox, literally (one map, one threshold)."""
-    h, w = scoremap.shape
-    img = np.expand_dims((scoremap * 255).astype(np.uint8), 2)
-    _, binary = cv2.threshold(img, int(t * np.max(img)), 255, cv2.THRESH_BINARY)
-    contours = cv2.findContours(binary, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[-2]
-    if len(contours) == 0:
-        return [[0, 0, 0, 0]]
-    if not multi:
-        contours = [max(contours, key=cv2.contourArea)]
-    out = []
-    for c in contours:
-        x, y, bw, bh = cv2.boundingRect(c)
-        out.append([x, y, min(x + bw, w - 1), min(y + bh, h - 1)])
-    return out
+    return wsolevaluation_boxes(scoremap, t, multi, no_contour=[[0, 0, 0, 0]])
 
 
 def _ref_iou(a, b) -> float:

@@ -19,6 +19,8 @@ from camfast.localization import boxes_from_cam, normalize
 
 cv2 = pytest.importorskip("cv2")
 
+from wsol_reference import wsolevaluation_boxes  # noqa: E402
+
 
 def _boxes(t):
     return sorted(map(tuple, t.tolist()))
@@ -180,24 +182,6 @@ def test_batch_device_dtype_and_numpy_input():
 
 
 # ------------------------------------------------------------------------------ boxes vs official code and components
-def _wsolevaluation(scoremap: np.ndarray, threshold: float, multi_contour_eval: bool):
-    """clovaai/wsolevaluation compute_bboxes_from_scoremaps for one threshold (scoremap in [0, 1])."""
-    height, width = scoremap.shape
-    scoremap_image = np.expand_dims((scoremap * 255).astype(np.uint8), 2)
-    _, thr = cv2.threshold(src=scoremap_image, thresh=int(threshold * np.max(scoremap_image)), maxval=255,
-                           type=cv2.THRESH_BINARY)
-    contours = cv2.findContours(image=thr, mode=cv2.RETR_TREE, method=cv2.CHAIN_APPROX_SIMPLE)[0]
-    if len(contours) == 0:
-        return []
-    if not multi_contour_eval:
-        contours = [max(contours, key=cv2.contourArea)]
-    boxes = []
-    for c in contours:
-        x, y, w, h = cv2.boundingRect(c)
-        boxes.append([x, y, min(x + w, width - 1), min(y + h, height - 1)])
-    return boxes
-
-
 def _rethinking_cam(cam: np.ndarray, threshold: float, percentile: float):
     """won-bae/rethinkingCAM extract_bbox (box part) for one map."""
     normalized = ((cam - cam.min()) / (cam.max() - cam.min()) * 255).astype("uint8")
@@ -224,7 +208,7 @@ def test_equals_wsolevaluation_on_random_blobs(seed):
         for multi in (False, True):
             ours = boxes_from_cam(maps, t, contours="all" if multi else "largest", box_format="wsol")
             for b in range(maps.shape[0]):
-                assert ours[b].tolist() == _wsolevaluation(maps[b].numpy(), t, multi)
+                assert ours[b].tolist() == wsolevaluation_boxes(maps[b].numpy(), t, multi)
 
 
 @pytest.mark.parametrize("seed", [3, 4])
