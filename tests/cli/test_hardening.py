@@ -9,8 +9,8 @@ about a second.
 from __future__ import annotations
 
 import errno
+import json
 import os
-import signal
 import struct
 import subprocess
 import sys
@@ -138,7 +138,6 @@ def test_full_or_read_only_output_stops_cleanly_naming_the_path(tmp_path, code, 
     if which == "all":
         assert "the summary could not be written either" in res.stderr
     else:
-        import json
         s = json.loads((out / "summary.json").read_text())
         assert s["exit_code"] == 4 and s["stopped"].startswith("cannot write") and s["written"] == 0
     assert not [p for p in out.rglob("*") if p.name.startswith(outputs.TMP_PREFIX)]
@@ -170,7 +169,6 @@ def test_output_folder_inside_the_image_folder_is_not_read_as_input(tmp_path):
     for _ in range(2):
         assert main([str(a) for a in _pl(images, out, "--threshold", 0.5)]) == 0
     assert not (out / "heatmaps" / "maps").exists()
-    import json
     assert json.loads((out / "summary.json").read_text())["found"] == 2
     photos = _folder(tmp_path / "photos", 2)
     for _ in range(2):
@@ -294,7 +292,7 @@ def test_image_name_with_a_space_is_labelled_end_to_end(tmp_path):
 def test_interrupt_exits_130_and_writes_the_summary(tmp_path):
     images = _folder(tmp_path / "in", 4)
     out = tmp_path / "out"
-    code = ("import signal, sys, os\n"
+    code = ("import signal, sys, os\n"  # a real SIGINT, sent to the process mid-run
             "from camfast.utils import io\n"
             "real, n = io.atomic_write, [0]\n"
             "def write(*a, **k):\n"
@@ -307,11 +305,9 @@ def test_interrupt_exits_130_and_writes_the_summary(tmp_path):
     res = subprocess.run([sys.executable, "-c", code, *map(str, _pl(images, out, "--batch-size", 1))],
                          capture_output=True, text=True, timeout=120, env=ENV)
     assert res.returncode == common.EXIT_INTERRUPTED == 130, res.stderr
-    import json
     s = json.loads((out / "summary.json").read_text())
     assert s["interrupted"] is True and s["exit_code"] == 130 and 1 <= s["written"] < 4
     assert not [p for p in out.rglob("*") if p.name.startswith(outputs.TMP_PREFIX)]
-    assert signal.SIGINT  # (the signal is real: sent to the process, not raised in a test hook)
 
 
 # ------------------------------------------------------------------ 22: figure, help, --target
