@@ -35,7 +35,8 @@ _LAZY_ATTRS = {
     "CAMResult": "camfast.methods", "RCAMResult": "camfast.methods", "find_layers": "camfast.methods",
     "pca_guide": "camfast.methods", "variogram_radius": "camfast.methods",
     "boxes_from_cam": "camfast.localization", "normalize": "camfast.localization",
-    "multiscale_cam": "camfast.puzzle",
+    "multiscale_cam": "camfast.puzzle", "multiscale": "camfast.methods.multiscale",
+    "MultiScaleResult": "camfast.methods.multiscale",
 }
 # Submodules reachable as attributes (``camfast.metrics``) and their homes.
 _LAZY_MODULES = {

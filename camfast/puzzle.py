@@ -245,21 +245,13 @@ def puzzle_step(model: nn.Module, images: Tensor, labels: Tensor, loss_fn: Puzzl
     return result
 
 
-def _check_scales(scales: object) -> tuple[float, ...]:
-    if not isinstance(scales, (list, tuple)) or len(scales) == 0:
-        raise ValueError(f"scales must be a non-empty sequence of positive numbers, got {scales!r}")
-    out = []
-    for s in scales:
-        if isinstance(s, bool) or not isinstance(s, (int, float)) or not s > 0:
-            raise ValueError(f"scales must hold positive numbers, got {s!r}")
-        out.append(float(s))
-    return tuple(out)
-
-
 def multiscale_cam(model: nn.Module, x: Tensor, scales: Sequence[float] = (0.5, 1.0, 1.5, 2.0), flip: bool = True,
                    labels: Tensor | None = None, output_fn: Callable[[Any], Tensor] | None = None,
                    image_mode: str = "bilinear") -> Tensor:
-    """Puzzle-CAM's multi-scale, flip-augmented CAM used to make pseudo-labels.
+    """Puzzle-CAM's multi-scale, flip-augmented CAM used to make pseudo-labels: the one
+    scale/flip loop of :func:`camfast.methods.multiscale.scale_sum` on the model's class maps,
+    with Puzzle-CAM's defaults (:func:`camfast.methods.multiscale.multiscale` is the same
+    recipe for any registered method, with IRN's outputs).
 
     For each scale ``s``: the images resized to ``(round(H*s), round(W*s))`` (``image_mode``,
     ``align_corners=False``; the official code resizes with PIL bicubic), then
@@ -284,35 +276,23 @@ def multiscale_cam(model: nn.Module, x: Tensor, scales: Sequence[float] = (0.5, 
         ``(B, K, H, W)`` float maps in ``[0, 1)``, zero for absent classes (with ``labels``)
         and for classes with no positive evidence.
     """
+    from camfast.methods.multiscale import check_scales, per_class_max, scale_sum
+
     x = _check_4d("x", x, "(B, C, H, W)")
     if not x.is_floating_point():
         raise TypeError(f"x must be a floating tensor, got {x.dtype}")
-    scales = _check_scales(scales)
+    scales = check_scales(scales)
     if image_mode not in ("bilinear", "bicubic"):
         raise ValueError(f"image_mode must be 'bilinear' or 'bicubic'; got {image_mode!r}")
     if labels is not None and not isinstance(labels, Tensor):
         raise TypeError(f"labels must be a torch.Tensor, got {type(labels).__name__}")
     if labels is not None and (labels.dim() != 2 or labels.shape[0] != x.shape[0]):
         raise ValueError(f"labels must have shape (B, K) with B = {x.shape[0]}, got {tuple(labels.shape)}")
-    b, _, h, w = x.shape
-    groups: dict[tuple[int, int], int] = {}
-    for s in scales:
-        size = (max(1, round(h * s)), max(1, round(w * s)))
-        groups[size] = groups.get(size, 0) + 1  # equal sizes: one forward, counted as often as listed
-    total: Tensor | None = None
     with torch.no_grad():
-        for size, count in groups.items():
-            xs = x if size == (h, w) else F.interpolate(x, size=size, mode=image_mode, align_corners=False)
-            batch = torch.cat([xs, xs.flip(-1)]) if flip else xs
-            maps = F.relu(_maps(model, batch, output_fn, batch.shape[0]))
-            cam = maps[:b] + maps[b:].flip(-1) if flip else maps
-            cam = F.interpolate(cam, size=(h, w), mode="bilinear", align_corners=False)
-            if count > 1:
-                cam = cam * count
-            total = cam if total is None else total + cam
-        assert total is not None
+        (total,) = scale_sum(lambda batch: F.relu(_maps(model, batch, output_fn, batch.shape[0])), x, scales, flip,
+                             [tuple(x.shape[-2:])], image_mode)
         if labels is not None:
             if labels.shape != total.shape[:2]:
                 raise ValueError(f"labels must have shape (B, K) = {tuple(total.shape[:2])}, got {tuple(labels.shape)}")
             total = total * (labels.to(total.device) > 0).to(total.dtype)[:, :, None, None]
-        return total / (total.amax(dim=(2, 3), keepdim=True) + 1e-5)
+        return per_class_max(total)

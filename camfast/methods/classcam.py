@@ -21,7 +21,7 @@ def cam_weights(features: Tensor, weight: Tensor, clamp_negative_weights: bool =
     return torch.einsum("bchw,bc->bhw", features.to(torch.float32), weight.to(torch.float32))
 
 
-@register("cam", display="CAM", kind="classifier-weight",
+@register("cam", display="CAM", kind="classifier-weight", raw_map=True,
           summary="classifier weights times the features before global pooling (Zhou et al. 2016)")
 def cam(model, x, target=None, clamp_negative_weights=False, output_size=None, *, return_layers=False,
         output_fn=None):

@@ -54,6 +54,8 @@ class MethodSpec:
         takes_image: the function accepts ``image=`` (uint8 RGB ``(B, H, W, 3)``), used for
             colour terms (a CRF); front ends pass the original pixels then.
         base: for a variant, the name of the row it fixes options of.
+        raw_map: ``return_layers=True`` gives the method's one map before normalisation (CAM's
+            ``W F``), which multi-scale recipes sum as IRN does; else they sum the result.
     """
 
     name: str
@@ -68,6 +70,7 @@ class MethodSpec:
     needs: tuple[str, ...] = ()
     takes_image: bool = False
     base: str | None = None
+    raw_map: bool = False
 
     def __call__(self, model, x, target=None, **kwargs):
         """``function(model, x, target, **options, **kwargs)``; ``image=`` is dropped for a
@@ -98,7 +101,7 @@ def canonical(name: str) -> str:
 
 def register(name: str, *, display: str, kind: str, summary: str, rule: WeightingRule | None = None,
              multi_layer: bool = False, compat: str | None = None, needs: tuple[str, ...] = (),
-             takes_image: bool = False, options: Mapping[str, Any] | None = None,
+             takes_image: bool = False, options: Mapping[str, Any] | None = None, raw_map: bool = False,
              ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorator registering a method's public function under ``name``.
 
@@ -110,7 +113,8 @@ def register(name: str, *, display: str, kind: str, summary: str, rule: Weightin
 
     def decorate(function: Callable[..., Any]) -> Callable[..., Any]:
         _add(MethodSpec(name, function, display, kind, summary, options=MappingProxyType(dict(options or {})),
-                        rule=rule, multi_layer=multi_layer, compat=compat, needs=needs, takes_image=takes_image))
+                        rule=rule, multi_layer=multi_layer, compat=compat, needs=needs, takes_image=takes_image,
+                        raw_map=raw_map))
         return function
 
     return decorate
@@ -127,7 +131,7 @@ def register_variant(name: str, base: str, *, display: str, summary: str, needs:
     spec = MethodSpec(name, parent.function, display, parent.kind, summary,
                       options=MappingProxyType({**parent.options, **options}), rule=parent.rule,
                       multi_layer=parent.multi_layer, compat=None, needs=tuple(dict.fromkeys(parent.needs + needs)),
-                      takes_image=parent.takes_image, base=parent.name)
+                      takes_image=parent.takes_image, base=parent.name, raw_map=parent.raw_map)
     _add(spec)
     return spec
 
