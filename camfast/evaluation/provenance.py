@@ -25,7 +25,7 @@ __all__ = ["OtherLoad", "cpu_model", "dist_version", "native_build", "stamp"]
 
 # The source checkout camfast runs from (an editable install), or None for an installed copy:
 # git commits and csrc/ hashes only mean something there.
-_ROOT = Path(__file__).resolve().parent.parent
+_ROOT = Path(__file__).resolve().parents[2]  # camfast/evaluation/provenance.py -> the checkout
 SOURCE_TREE: Path | None = _ROOT if (_ROOT / "csrc").is_dir() and (_ROOT / "pyproject.toml").is_file() else None
 
 

@@ -324,3 +324,15 @@ def test_rows_needing_a_missing_module_are_left_out_before_any_training(tmp_path
     with pytest.raises(ImportError, match="pydensecrf"):
         wsol.run_synthetic(tmp_path / "none", quick=True, rows=rows[1:], log=lines.append)
     assert not (tmp_path / "none").exists()
+
+
+def test_the_stamp_names_the_commit_of_a_source_checkout():
+    # provenance finds the checkout from its own path (it moved to camfast/evaluation/ once and
+    # the tables said "commit None")
+    from camfast.evaluation import provenance
+
+    assert provenance.SOURCE_TREE == REPO
+    st = wsol.stamp()
+    if (REPO / ".git").exists():
+        assert st["git"]["commit"] and st["git"]["dirty"] is not None
+    assert st["native"]["loaded"] is False or st["native"]["matches_csrc"] is not None
