@@ -19,8 +19,8 @@ std::string probe() {
   cudaGetLastError();  // clear it: the probe's error is not a later launch's
   int driver = 0;
   cudaDriverGetVersion(&driver);
-  why += " (camfast._C links the CUDA " + version(CUDART_VERSION) + " runtime; the driver supports " +
-         (driver > 0 ? "CUDA " + version(driver) : std::string("no CUDA: none is loaded")) +
+  why += " (camfast._C links the CUDA " + version(CUDART_VERSION) + " runtime; " +
+         (driver > 0 ? "the driver supports CUDA " + version(driver) : std::string("no CUDA driver is loaded")) +
          "; build camfast with the CUDA toolkit that matches torch.version.cuda)";
   return why;
 }
