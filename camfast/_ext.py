@@ -16,7 +16,7 @@ import warnings
 from pathlib import Path
 from types import ModuleType
 
-from camfast.ops import _spec
+from camfast.ops import codes
 
 __all__ = ["NativeExtensionWarning", "native", "native_cuda_problem", "native_error", "native_available",
            "source_hash"]
@@ -37,9 +37,9 @@ def _load() -> tuple[ModuleType | None, str | None]:
     except ImportError as exc:  # pragma: no cover - exercised by the fallback test in a subprocess
         return None, f"{type(exc).__name__}: {exc}"
     exported = getattr(_C, "codes", None)
-    diff = "it exports no code table" if exported is None else _spec.mismatch(exported())
+    diff = "it exports no code table" if exported is None else codes.mismatch(exported())
     if diff is not None:
-        return None, (f"camfast._C ({_C.__file__}) was built with other kernel codes than {_spec.TABLE_PATH} "
+        return None, (f"camfast._C ({_C.__file__}) was built with other kernel codes than {codes.TABLE_PATH} "
                       f"({diff}); rebuild it: pip install --no-build-isolation -e .")
     return _C, None
 

@@ -26,7 +26,7 @@ import torch
 
 import camfast
 from camfast import _ext
-from camfast.ops import _backend, _spec
+from camfast.ops import _backend, _spec, codes
 
 ops = torch.ops.camfast
 ROOT = Path(__file__).resolve().parents[1]
@@ -244,19 +244,19 @@ def test_python_table_names_the_codes_the_backends_use():
 
 @requires_native
 def test_compiled_module_exports_the_table_it_was_built_with():
-    assert _ext.native.codes() == _spec.table()
-    assert _spec.mismatch(_ext.native.codes()) is None
+    assert _ext.native.codes() == codes.table()
+    assert codes.mismatch(_ext.native.codes()) is None
 
 
 def test_mismatch_names_what_differs():
-    stale = _spec.table()
+    stale = codes.table()
     stale["enums"]["GwmMode"] = stale["enums"]["GwmMode"] + ["xgradcam"]
     stale["constants"]["UA_MAX_LAYERS"] = 32
-    msg = _spec.mismatch(stale)
+    msg = codes.mismatch(stale)
     assert "GwmMode: built with ['zoom', 'gradcam', 'layercam', 'xgradcam']" in msg
     assert "UA_MAX_LAYERS: built with 32, codes.json has 64" in msg
     del stale["enums"]["BoxBorder"]
-    assert "BoxBorder: built with None" in _spec.mismatch(stale)
+    assert "BoxBorder: built with None" in codes.mismatch(stale)
 
 
 @requires_native
@@ -329,7 +329,7 @@ def test_the_table_is_part_of_the_source_fingerprint(tmp_path):
     shutil.copytree(ROOT / "csrc", tmp_path / "csrc")
     (tmp_path / "camfast" / "ops").mkdir(parents=True)
     table = tmp_path / _ext.CODES_TABLE
-    shutil.copy(_spec.TABLE_PATH, table)
+    shutil.copy(codes.TABLE_PATH, table)
     assert _ext.source_hash(tmp_path / "csrc") == _ext.source_hash(ROOT / "csrc")
     raw = json.loads(table.read_text())
     raw["enums"][2]["values"].append(["xgradcam", "XGradCAM"])

@@ -17,7 +17,7 @@ void register_upsample_aggregate(py::module_& m);
 namespace {
 
 // The code table compiled in: {"enums": {name: [value names in code order]}, "constants":
-// {name: value}}, the form camfast/ops/_spec.py's table() gives for camfast/ops/codes.json.
+// {name: value}}, the form camfast.ops.codes.table() gives for camfast/ops/codes.json.
 py::dict codes() {
   py::dict enums;
   for_each_code_table([&](auto table) {
