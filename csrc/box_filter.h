@@ -20,7 +20,7 @@
 
 namespace camfast {
 
-enum class BoxBorder : int { Truncate = 0, Reflect = 1 };
+// BoxBorder (Truncate, Reflect): camfast/ops/codes.json.
 
 struct BoxProblem {
   int64_t B, C, H, W, r;
@@ -31,9 +31,9 @@ struct BoxProblem {
 void box_filter_cpu(DType dtype, const BoxProblem& p, bool backward, const void* x, View4 sx, void* out,
                     View4 so);
 
-#ifdef CAMFAST_WITH_CUDA
+// CUDA (csrc/cuda/box_filter_cuda.cu; defined in CUDA builds only, and called only through
+// bind::run, which never instantiates a CUDA call in a build without CUDA).
 void box_filter_cuda(DType dtype, const BoxProblem& p, bool backward, const void* x, View4 sx, void* out,
                      View4 so, void* workspace, int device, void* stream);
-#endif
 
 }  // namespace camfast

@@ -1,11 +1,14 @@
-// Shared definitions for camfast's kernels: dtype codes, scalar conversions and the
-// strided-tensor view every kernel takes. Nothing here depends on libtorch.
+// Shared definitions for camfast's kernels: the codes (generated from camfast/ops/codes.json),
+// scalar conversions and the strided-tensor view every kernel takes. Nothing here depends
+// on libtorch.
 #pragma once
 
 #include <cstdint>
 #include <cstring>
 #include <stdexcept>
 #include <string>
+
+#include "camfast_codes.h"  // Device, DType, GwmMode, UaReduce, UaNormalize, BoxBorder, kUa*
 
 #ifdef __CUDACC__
 #define CAMFAST_HD __host__ __device__
@@ -14,12 +17,6 @@
 #endif
 
 namespace camfast {
-
-// Dtype codes shared with camfast/ops/native/_launch.py.
-enum class DType : int { Float32 = 0, Float64 = 1, Float16 = 2, BFloat16 = 3 };
-
-// Modes of the gradient-weighting op, shared with camfast/ops/_spec.py.
-enum class GwmMode : int { Zoom = 0, GradCAM = 1, LayerCAM = 2 };
 
 struct half_t { uint16_t bits; };
 struct bf16_t { uint16_t bits; };

@@ -27,7 +27,8 @@ void grad_weighted_map_backward_cpu(DType dtype, GwmMode mode, const GwmProblem&
                                     const void* grad_out, void* grad_a, View4 da, void* grad_g,
                                     View4 dg, void* workspace);
 
-#ifdef CAMFAST_WITH_CUDA
+// CUDA (csrc/cuda/grad_weighted_map_cuda.cu; defined in CUDA builds only, and called only through
+// bind::run, which never instantiates a CUDA call in a build without CUDA).
 void grad_weighted_map_forward_cuda(DType dtype, GwmMode mode, const GwmProblem& p,
                                     const void* a, const void* g, void* out, void* workspace,
                                     int device, void* stream);
@@ -36,6 +37,5 @@ void grad_weighted_map_backward_cuda(DType dtype, GwmMode mode, const GwmProblem
                                      const void* a, const void* g, const void* out,
                                      const void* grad_out, void* grad_a, View4 da, void* grad_g,
                                      View4 dg, void* workspace, int device, void* stream);
-#endif
 
 }  // namespace camfast

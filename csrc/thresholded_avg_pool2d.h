@@ -25,13 +25,13 @@ void thresholded_avg_pool2d_forward_cpu(DType dtype, const TapProblem& p, const 
 void thresholded_avg_pool2d_backward_cpu(DType dtype, const TapProblem& p, const void* x, const void* tau,
                                          const void* count, const void* grad_out, void* grad_x, View4 dx);
 
-#ifdef CAMFAST_WITH_CUDA
+// CUDA (csrc/cuda/thresholded_avg_pool2d_cuda.cu; defined in CUDA builds only, and called only through
+// bind::run, which never instantiates a CUDA call in a build without CUDA).
 void thresholded_avg_pool2d_forward_cuda(DType dtype, const TapProblem& p, const void* x, void* pooled,
                                          void* tau, void* count, int device, void* stream);
 
 void thresholded_avg_pool2d_backward_cuda(DType dtype, const TapProblem& p, const void* x, const void* tau,
                                           const void* count, const void* grad_out, void* grad_x, View4 dx,
                                           int device, void* stream);
-#endif
 
 }  // namespace camfast

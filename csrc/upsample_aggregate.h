@@ -17,12 +17,8 @@
 
 namespace camfast {
 
-// Codes shared with camfast/ops/_spec.py (UA_REDUCES, UA_NORMALIZES).
-enum class UaReduce : int { Max = 0, Mean = 1, Sum = 2 };
-enum class UaNormalize : int { MinMax = 0, None = 1 };
-
-constexpr double kUaEps = 1e-7;   // camfast/ops/_spec.py: UA_EPS
-constexpr int kUaMaxLayers = 64;  // camfast/ops/_spec.py: UA_MAX_LAYERS
+// UaReduce (Max, Mean, Sum), UaNormalize (MinMax, None), kUaEps (the min-max epsilon) and
+// kUaMaxLayers: camfast/ops/codes.json.
 
 // One layer: its map [B, h, w] (element strides sb, sh, sw) and, for the backward, the
 // gradient to write (strides gsb, gsh, gsw). weight: its coefficient with reduce=Sum.
@@ -51,12 +47,12 @@ void upsample_aggregate_forward_cpu(DType dtype, const UaProblem& p, const UaLay
 void upsample_aggregate_backward_cpu(DType dtype, const UaProblem& p, const UaLayer* layers,
                                      const void* grad_out, void* workspace);
 
-#ifdef CAMFAST_WITH_CUDA
+// CUDA (csrc/cuda/upsample_aggregate_cuda.cu; defined in CUDA builds only, and called only through
+// bind::run, which never instantiates a CUDA call in a build without CUDA).
 void upsample_aggregate_forward_cuda(DType dtype, const UaProblem& p, const UaLayer* layers, void* out,
                                      void* workspace, int device, void* stream);
 
 void upsample_aggregate_backward_cuda(DType dtype, const UaProblem& p, const UaLayer* layers,
                                       const void* grad_out, void* workspace, int device, void* stream);
-#endif
 
 }  // namespace camfast

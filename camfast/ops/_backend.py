@@ -69,7 +69,7 @@ def unavailable_reason(name: str, device: torch.device) -> str | None:
         if device.type == "cpu":
             return None
         if device.type == "cuda":
-            return None if _ext.native.has_cuda() else "camfast._C was built without CUDA kernels"
+            return _ext.native_cuda_problem()  # built with CUDA, and its runtime works here
         return f"no native kernels for device type {device.type!r}"
     if name == "triton":
         if not _triton_installed():

@@ -1,17 +1,23 @@
-"""Constants shared by every backend of an op (mode names and their kernel codes)."""
+"""The codes and constants every backend of an op shares, by name: views of the one code
+table (``camfast.ops.codes``, read from ``codes.json``), so nothing here is a number."""
 
-# camfast::grad_weighted_map modes; codes match GwmMode in csrc/common.h.
-GWM_MODES = {"zoom": 0, "gradcam": 1, "layercam": 2}
+from __future__ import annotations
 
-# camfast::upsample_aggregate options; codes match UaReduce / UaNormalize in
-# csrc/upsample_aggregate.h.
-UA_REDUCES = {"max": 0, "mean": 1, "sum": 2}
-UA_NORMALIZES = {"minmax": 0, "none": 1}
+from camfast.ops.codes import CONSTANTS, ENUMS
+
+#: Where a kernel runs (``camfast.ops.native._launch.device_args``).
+DEVICES = ENUMS["Device"]
+#: Element types, by ``torch.dtype`` name (``float32``, ...).
+DTYPES = ENUMS["DType"]
+#: ``camfast::grad_weighted_map`` modes.
+GWM_MODES = ENUMS["GwmMode"]
+#: ``camfast::upsample_aggregate`` reductions and normalisations.
+UA_REDUCES = ENUMS["UaReduce"]
+UA_NORMALIZES = ENUMS["UaNormalize"]
 #: Epsilon of the min-max normalisation ``(M - min) / (max - min + UA_EPS)``; fixed.
-UA_EPS = 1e-7
+UA_EPS: float = CONSTANTS["UA_EPS"]
 #: Most layers one call takes: the CUDA kernels receive the layer table as a kernel
 #: argument (4 KiB limit), and Triton specialises on the number of layers.
-UA_MAX_LAYERS = 64
-
-# camfast::guided_filter borders; codes match BoxBorder in csrc/box_filter.h.
-GF_BORDERS = {"truncate": 0, "reflect": 1}
+UA_MAX_LAYERS: int = CONSTANTS["UA_MAX_LAYERS"]
+#: ``camfast::guided_filter`` borders.
+GF_BORDERS = ENUMS["BoxBorder"]

@@ -48,6 +48,24 @@ def check_same(name: str, x: torch.Tensor, ref_name: str, ref: torch.Tensor, sha
         )
 
 
+def check_like(name: str, x: object, shape: Sequence[object], ref_name: str, ref: torch.Tensor,
+               dtype: torch.dtype | None = None) -> torch.Tensor:
+    """A tensor a backward op reads beside ``ref`` (a gradient, a saved output): floating, of
+    exactly ``shape`` (``None`` entries take any size), on ``ref``'s device and, when ``dtype``
+    is given, of that dtype. Without ``dtype`` any floating dtype is taken: the kernels
+    convert it to the inputs' dtype (autograd always passes that one)."""
+    x = check_tensor(name, x, len(shape))
+    if x.device != ref.device:
+        raise ValueError(f"{name} is on {x.device} but {ref_name} is on {ref.device}; they must share a device")
+    if dtype is not None and x.dtype != dtype:
+        raise TypeError(f"{name} must have dtype {dtype} for {ref_name} of dtype {ref.dtype}, got {x.dtype}")
+    if any(want is not None and got != want for got, want in zip(x.shape, shape)):
+        want = "(" + ", ".join("*" if s is None else str(s) for s in shape) + ")"
+        raise ValueError(f"{name} has shape {tuple(x.shape)} but must have shape {want} for {ref_name} "
+                         f"of shape {tuple(ref.shape)}")
+    return x
+
+
 def check_choice(name: str, value: object, choices: Sequence[str]) -> str:
     if not isinstance(value, str) or value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")

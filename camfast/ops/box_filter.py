@@ -16,8 +16,9 @@ from camfast.ops._validate import bounded_radius, check_int, check_tensor
 _OP = "box_filter"
 
 
-def _check(x: Tensor, radius: int) -> None:
-    check_tensor("x", x, 4, "[B, C, H, W]")
+def _check(x: Tensor, radius: int, name: str = "x") -> None:
+    # Inside the ops (forward: x; backward: grad_out) and their fake kernels.
+    check_tensor(name, x, 4, "[B, C, H, W]")
     check_int("radius", radius, 0)
 
 
@@ -35,12 +36,14 @@ def _(x: Tensor, radius: int) -> Tensor:
 
 @torch.library.custom_op("camfast::box_filter_backward", mutates_args=())
 def _backward_op(grad_out: Tensor, radius: int) -> Tensor:
+    _check(grad_out, radius, "grad_out")
     return implementation(_OP, grad_out.device).backward(
         grad_out, bounded_radius(radius, grad_out.shape[-2], grad_out.shape[-1]))
 
 
 @_backward_op.register_fake
 def _(grad_out: Tensor, radius: int) -> Tensor:
+    _check(grad_out, radius, "grad_out")
     return torch.empty_like(grad_out)
 
 

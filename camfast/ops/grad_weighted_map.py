@@ -12,7 +12,7 @@ from torch import Tensor
 
 from camfast.ops._dispatch import implementation
 from camfast.ops._spec import GWM_MODES
-from camfast.ops._validate import check_choice, check_is_tensor, check_same, check_tensor
+from camfast.ops._validate import check_choice, check_is_tensor, check_like, check_same, check_tensor
 
 _OP = "grad_weighted_map"
 
@@ -24,6 +24,15 @@ def _check(activation: Tensor, gradient: Tensor, mode: str) -> None:
     check_tensor("gradient", gradient, 4, "[B, C, H, W]")
     check_same("gradient", gradient, "activation", activation)
     check_choice("mode", mode, tuple(GWM_MODES))
+
+
+def _check_backward(grad_out: Tensor, activation: Tensor, gradient: Tensor, out: Tensor, mode: str) -> None:
+    # Inside the backward op and its fake kernel: a direct call of
+    # torch.ops.camfast.grad_weighted_map_backward is checked before a kernel reads or writes.
+    _check(activation, gradient, mode)
+    B, _, H, W = activation.shape
+    check_like("grad_out", grad_out, (B, H, W), "activation", activation)
+    check_like("out", out, (B, H, W), "activation", activation, dtype=activation.dtype)
 
 
 @torch.library.custom_op("camfast::grad_weighted_map", mutates_args=())
@@ -41,11 +50,13 @@ def _(activation: Tensor, gradient: Tensor, mode: str) -> Tensor:
 
 @torch.library.custom_op("camfast::grad_weighted_map_backward", mutates_args=())
 def _backward_op(grad_out: Tensor, activation: Tensor, gradient: Tensor, out: Tensor, mode: str) -> tuple[Tensor, Tensor]:
+    _check_backward(grad_out, activation, gradient, out, mode)
     return implementation(_OP, activation.device).backward(grad_out, activation, gradient, out, mode)
 
 
 @_backward_op.register_fake
 def _(grad_out: Tensor, activation: Tensor, gradient: Tensor, out: Tensor, mode: str) -> tuple[Tensor, Tensor]:
+    _check_backward(grad_out, activation, gradient, out, mode)
     return torch.empty_like(activation), torch.empty_like(gradient)
 
 

@@ -12,7 +12,8 @@ from torch import Tensor
 
 from camfast.ops._dispatch import implementation
 from camfast.ops._spec import GF_BORDERS
-from camfast.ops._validate import bounded_radius, check_choice, check_int, check_positive_float, check_same, check_tensor
+from camfast.ops._validate import (bounded_radius, check_choice, check_int, check_like, check_positive_float,
+                                   check_same, check_tensor)
 from camfast.ops.reference.guided_filter import low_res_radius, low_res_size
 
 _OP = "guided_filter"
@@ -39,6 +40,13 @@ def _check(guide: Tensor, src: Tensor, radius: int, eps: float, subsample: int, 
                              f"radius {rr} on a {h}x{w} grid; use border='truncate' for larger radii")
 
 
+def _check_backward(grad_out: Tensor, guide: Tensor, src: Tensor, radius: int, eps: float, subsample: int,
+                    border: str) -> None:
+    # Inside the backward op and its fake kernel: grad_out is the gradient of the output (src's shape).
+    _check(guide, src, radius, eps, subsample, border)
+    check_like("grad_out", grad_out, src.shape, "src", src)
+
+
 @torch.library.custom_op("camfast::guided_filter", mutates_args=())
 def _forward_op(guide: Tensor, src: Tensor, radius: int, eps: float, subsample: int, border: str) -> Tensor:
     _check(guide, src, radius, eps, subsample, border)
@@ -55,6 +63,7 @@ def _(guide: Tensor, src: Tensor, radius: int, eps: float, subsample: int, borde
 @torch.library.custom_op("camfast::guided_filter_backward", mutates_args=())
 def _backward_op(grad_out: Tensor, guide: Tensor, src: Tensor, radius: int, eps: float, subsample: int, border: str,
                  need_guide: bool, need_src: bool) -> tuple[Tensor, Tensor]:
+    _check_backward(grad_out, guide, src, radius, eps, subsample, border)
     radius = bounded_radius(radius, src.shape[-2], src.shape[-1])
     return implementation(_OP, src.device).backward(grad_out, guide, src, radius, eps, subsample, border,
                                                     need_guide, need_src)
@@ -63,6 +72,7 @@ def _backward_op(grad_out: Tensor, guide: Tensor, src: Tensor, radius: int, eps:
 @_backward_op.register_fake
 def _(grad_out: Tensor, guide: Tensor, src: Tensor, radius: int, eps: float, subsample: int, border: str,
       need_guide: bool, need_src: bool) -> tuple[Tensor, Tensor]:
+    _check_backward(grad_out, guide, src, radius, eps, subsample, border)
     return guide.new_empty(guide.shape), src.new_empty(src.shape)
 
 

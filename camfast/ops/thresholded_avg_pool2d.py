@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from camfast.ops._dispatch import implementation
-from camfast.ops._validate import check_is_tensor, check_tensor
+from camfast.ops._validate import check_is_tensor, check_like, check_tensor
 
 _OP = "thresholded_avg_pool2d"
 
@@ -42,6 +42,16 @@ def _acc(x: Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
+def _check_backward(grad_out: Tensor, x: Tensor, tau: Tensor, count: Tensor) -> None:
+    # Inside the backward op and its fake kernel: tau and count are the forward's outputs
+    # ([B, C] in the accumulator dtype), grad_out the gradient of pooled.
+    check_tensor("x", x, 4, "[B, C, H, W]")
+    B, C = x.shape[0], x.shape[1]
+    check_like("grad_out", grad_out, (B, C), "x", x)
+    check_like("tau", tau, (B, C), "x", x, dtype=_acc(x))
+    check_like("count", count, (B, C), "x", x, dtype=_acc(x))
+
+
 @torch.library.custom_op("camfast::thresholded_avg_pool2d", mutates_args=())
 def _forward_op(x: Tensor, theta: float) -> tuple[Tensor, Tensor, Tensor]:
     _check(x, theta)
@@ -57,11 +67,13 @@ def _(x: Tensor, theta: float) -> tuple[Tensor, Tensor, Tensor]:
 
 @torch.library.custom_op("camfast::thresholded_avg_pool2d_backward", mutates_args=())
 def _backward_op(grad_out: Tensor, x: Tensor, tau: Tensor, count: Tensor) -> Tensor:
+    _check_backward(grad_out, x, tau, count)
     return implementation(_OP, x.device).backward(grad_out, x, tau, count)
 
 
 @_backward_op.register_fake
 def _(grad_out: Tensor, x: Tensor, tau: Tensor, count: Tensor) -> Tensor:
+    _check_backward(grad_out, x, tau, count)
     return torch.empty_like(x)
 
 

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from camfast.ops._dispatch import implementation
 from camfast.ops._spec import UA_MAX_LAYERS, UA_NORMALIZES, UA_REDUCES
-from camfast.ops._validate import check_choice, check_size2, check_tensor_list
+from camfast.ops._validate import check_choice, check_like, check_size2, check_tensor_list
 
 _OP = "upsample_aggregate"
 
@@ -37,15 +37,27 @@ def _check_weights(weights: object, n_layers: int, reduce: str) -> None:
         raise ValueError(f"weights must be finite, got {list(weights)!r}")
 
 
+def _check_layers(maps: Sequence[Tensor], reduce: str, normalize: str, weights: Sequence[float] | None) -> None:
+    check_tensor_list("maps", maps, 3, "[B, h, w]", UA_MAX_LAYERS)
+    check_choice("reduce", reduce, tuple(UA_REDUCES))
+    check_choice("normalize", normalize, tuple(UA_NORMALIZES))
+    _check_weights(weights, len(maps), reduce)
+
+
 def _check(maps: Sequence[Tensor], size: Sequence[int], reduce: str, normalize: str,
            weights: Sequence[float] | None) -> None:
     # Runs inside the op (eager) and its fake kernel (torch.compile): direct calls of
     # torch.ops.camfast.upsample_aggregate are checked too, before any kernel sees the data.
-    check_tensor_list("maps", maps, 3, "[B, h, w]", UA_MAX_LAYERS)
+    _check_layers(maps, reduce, normalize, weights)
     check_size2("size", size)
-    check_choice("reduce", reduce, tuple(UA_REDUCES))
-    check_choice("normalize", normalize, tuple(UA_NORMALIZES))
-    _check_weights(weights, len(maps), reduce)
+
+
+def _check_backward(grad_out: Tensor, maps: Sequence[Tensor], reduce: str, normalize: str,
+                    weights: Sequence[float] | None) -> None:
+    # Inside the backward op and its fake kernel: grad_out is the gradient of the [B, H, W]
+    # output (any H, W: the output size is not an argument of the backward).
+    _check_layers(maps, reduce, normalize, weights)
+    check_like("grad_out", grad_out, (maps[0].shape[0], None, None), "maps[0]", maps[0])
 
 
 @torch.library.custom_op("camfast::upsample_aggregate", mutates_args=())
@@ -65,12 +77,14 @@ def _(maps: list[Tensor], size: Sequence[int], reduce: str, normalize: str,
 @torch.library.custom_op("camfast::upsample_aggregate_backward", mutates_args=())
 def _backward_op(grad_out: Tensor, maps: list[Tensor], reduce: str, normalize: str,
                  weights: Sequence[float] | None) -> list[Tensor]:
+    _check_backward(grad_out, maps, reduce, normalize, weights)
     return implementation(_OP, maps[0].device).backward(grad_out, maps, reduce, normalize, weights)
 
 
 @_backward_op.register_fake
 def _(grad_out: Tensor, maps: list[Tensor], reduce: str, normalize: str,
       weights: Sequence[float] | None) -> list[Tensor]:
+    _check_backward(grad_out, maps, reduce, normalize, weights)
     return [torch.empty_like(m) for m in maps]
 
 

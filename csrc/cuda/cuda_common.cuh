@@ -36,22 +36,34 @@ template <> __device__ __forceinline__ __nv_bfloat16 st<__nv_bfloat16>(float x) 
 template <typename T, typename A> __device__ __forceinline__ T store(A x) { return st<T>(x); }
 template <> __device__ __forceinline__ double store<double, double>(double x) { return x; }
 
-inline void check_launch(const char* what) {
-  const cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess)
-    throw std::runtime_error(std::string("camfast CUDA ") + what + ": " + cudaGetErrorString(err));
+// Throws "camfast CUDA <what>: <cudaGetErrorString>" unless err is cudaSuccess; clears the
+// runtime's last-error state first, so a later check_launch does not report this error again.
+inline void check_cuda(cudaError_t err, const std::string& what) {
+  if (err == cudaSuccess) return;
+  cudaGetLastError();
+  throw std::runtime_error("camfast CUDA " + what + ": " + cudaGetErrorString(err));
 }
 
+inline void check_launch(const char* what) { check_cuda(cudaGetLastError(), what); }
+
+// Makes `device` current for the scope of a launch and restores the previous device after.
+// Every runtime error is reported with its reason (a CUDA runtime the driver cannot serve
+// fails here first: "cudaGetDevice: CUDA driver version is insufficient ...").
 struct DeviceGuard {
   int prev = -1;
+  bool switched = false;
   explicit DeviceGuard(int device) {
-    cudaGetDevice(&prev);
-    if (prev != device && cudaSetDevice(device) != cudaSuccess)
-      throw std::runtime_error("camfast CUDA: cannot select device " + std::to_string(device));
+    check_cuda(cudaGetDevice(&prev), "cudaGetDevice");
+    if (prev != device) {
+      check_cuda(cudaSetDevice(device), "cannot select device " + std::to_string(device));
+      switched = true;
+    }
   }
-  ~DeviceGuard() {
-    if (prev >= 0) cudaSetDevice(prev);
+  ~DeviceGuard() {  // cannot throw: restoring is best effort, and its error is cleared
+    if (switched && cudaSetDevice(prev) != cudaSuccess) cudaGetLastError();
   }
+  DeviceGuard(const DeviceGuard&) = delete;
+  DeviceGuard& operator=(const DeviceGuard&) = delete;
 };
 
 }  // namespace cuda_detail

@@ -6,8 +6,10 @@ import torch
 from torch import Tensor
 
 from camfast import _ext
+from camfast.ops._spec import DEVICES, DTYPES
 
-DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
+#: ``torch.dtype`` -> its kernel code (camfast/ops/codes.json).
+DTYPE_CODES = {getattr(torch, name): code for name, code in DTYPES.items()}
 
 
 def lib():
@@ -20,9 +22,9 @@ def device_args(x: Tensor) -> tuple[int, int, int]:
     """``(device code, device index, stream handle)`` for a kernel launch on ``x``'s device."""
     if x.device.type == "cuda":
         index = x.device.index if x.device.index is not None else torch.cuda.current_device()
-        return 1, index, torch.cuda.current_stream(x.device).cuda_stream
+        return DEVICES["cuda"], index, torch.cuda.current_stream(x.device).cuda_stream
     if x.device.type == "cpu":
-        return 0, 0, 0
+        return DEVICES["cpu"], 0, 0
     raise RuntimeError(f"no native kernels for device type {x.device.type!r}")
 
 

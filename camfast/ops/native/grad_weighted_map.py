@@ -27,8 +27,9 @@ def backward(grad_out: Tensor, activation: Tensor, gradient: Tensor, out: Tensor
     """``(dA, dG)``, written into ``grad_a``/``grad_g`` when given (same shape and dtype as
     the inputs, any strides, no overlap; the benchmarks use this to time the kernel alone)."""
     B, C, H, W = activation.shape
-    grad_out = grad_out.contiguous()
-    out = out.contiguous()
+    # the kernel reads grad_out and out as [B, H, W] contiguous, in the inputs' dtype
+    grad_out = grad_out.to(activation.dtype).contiguous()
+    out = out.to(activation.dtype).contiguous()
     grad_a = torch.empty_like(activation) if grad_a is None else grad_a
     grad_g = torch.empty_like(gradient) if grad_g is None else grad_g
     for name, t, like in (("grad_a", grad_a, activation), ("grad_g", grad_g, gradient)):

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from camfast.ops._spec import GF_BORDERS
+from camfast.ops._spec import DEVICES, GF_BORDERS
 from camfast.ops.native._launch import DTYPE_CODES, lib
 from camfast.ops.reference import guided_filter as ref
 
@@ -22,9 +22,9 @@ def _kernel(guide: Tensor, src: Tensor, radius: int, eps: float, border: str, ad
     B, G, H, W = guide.shape
     C = src.shape[1]
     out = src.new_empty((B, (G + 1) * C if coeffs_out else C, H, W))
-    lib().guided_filter(0, DTYPE_CODES[src.dtype], (B, G, C, H, W), int(radius), float(eps), GF_BORDERS[border],
-                        adjoint, coeffs_out, guide.data_ptr(), guide.stride(), src.data_ptr(), src.stride(),
-                        out.data_ptr(), out.stride())
+    lib().guided_filter(DEVICES["cpu"], DTYPE_CODES[src.dtype], (B, G, C, H, W), int(radius), float(eps),
+                        GF_BORDERS[border], adjoint, coeffs_out, guide.data_ptr(), guide.stride(), src.data_ptr(),
+                        src.stride(), out.data_ptr(), out.stride())
     return out
 
 
@@ -58,5 +58,5 @@ def backward(grad_out: Tensor, guide: Tensor, src: Tensor, radius: int, eps: flo
                           need_src and not native_src)
     if native_src:
         # q = Wp is linear in p and W^T g = N * W (g / N) (csrc/guided_filter.h)
-        ds = _kernel(guide, grad_out.contiguous(), radius, eps, border, True, False)
+        ds = _kernel(guide, grad_out.to(src.dtype).contiguous(), radius, eps, border, True, False)
     return dg, ds

@@ -40,7 +40,7 @@ def backward(grad_out: Tensor, maps: Sequence[Tensor], reduce: str, normalize: s
     first = maps[0]
     B, H, W = grad_out.shape
     L = len(maps)
-    grad_out = grad_out.contiguous()
+    grad_out = grad_out.to(first.dtype).contiguous()  # the kernel reads [B, H, W] contiguous, maps' dtype
     grads = [torch.empty_like(m) for m in maps]
     # CUDA scatter-adds dL/dN_l into the workspace; the CPU kernel keeps it per thread.
     n = 4 * B * L + (B * sum(m.shape[1] * m.shape[2] for m in maps) if first.device.type == "cuda" else 0)
