@@ -70,7 +70,8 @@ images: every regular file with an image suffix under --images, in subfolders to
 
 --labels FILE: one line per image, "relative/path.jpg cls1 cls2 ..." (class indices or the model's class
 names, case ignored); separate a path that holds spaces from its classes with a TAB; a UTF-8 BOM is fine;
-images without a line are skipped with a warning.
+images without a line are skipped with a warning. A .npy FILE is VOC's cls_labels.npy (IRN's {{image_id: 20-dim
+multi-hot}}; read without running code from it), its ids matched to the image paths without their suffix.
 
 {EXIT_STATUS_HELP}
 
@@ -89,7 +90,8 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--method", default=common.DEFAULT_METHOD, type=common.method_type, metavar="METHOD",
                         help=f"CAM method, any spelling: {common.methods_help()} (default {common.DEFAULT_METHOD})")
     parser.add_argument("--labels", default=None, metavar="FILE",
-                        help="image-level classes, one line per image: 'path cls1 cls2 ...' (see below)")
+                        help="image-level classes, one line per image: 'path cls1 cls2 ...', or VOC's cls_labels.npy "
+                        "(see below); all of an image's classes are computed in one call")
     parser.add_argument("--model", default="efficientnet-lite0", metavar="MODEL",
                         help="'efficientnet-lite0' (bundled, default), 'module:callable' (imported from the "
                         "working directory too), or a TorchScript file")

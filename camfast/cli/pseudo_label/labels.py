@@ -13,7 +13,7 @@ from torch import Tensor
 from camfast.cli.common import match_class_name
 from camfast.cli.pseudo_label.discovery import normalize_rel
 
-__all__ = ["label_map", "parse_labels", "voc_palette"]
+__all__ = ["label_map", "match_ids", "parse_labels", "voc_palette"]
 
 _INDEX = re.compile(r"-?[0-9]+")  # ASCII digits only: "²".isdigit() is True but int("²") fails
 
@@ -48,7 +48,11 @@ def _split(line: str) -> list[str]:
 
 def parse_labels(path: str | os.PathLike, class_names: Sequence[str] | None = None,
                  num_classes: int | None = None) -> dict[str, tuple[int, ...]]:
-    """Image-level classes, one line per image: ``relative/path.jpg cls1 cls2 ...``.
+    """Image-level classes, one line per image: ``relative/path.jpg cls1 cls2 ...``, or VOC's
+    ``cls_labels.npy`` (IRN's ``{image_id: multi-hot}``, a ``.npy`` file: read by
+    :func:`camfast.evaluation.datasets.voc.read_cls_labels_npy`, no code from the file runs;
+    its keys are image ids, matched to the images by their path without the suffix, see
+    :func:`match_ids`).
 
     Fields are separated by white space; a path with spaces is separated from its classes by
     a TAB (``"my photo.jpg<TAB>3 7"``). Classes are indices (``0..num_classes-1``) or names
@@ -61,6 +65,8 @@ def parse_labels(path: str | os.PathLike, class_names: Sequence[str] | None = No
             listed twice), named as ``FILE:LINE``; the file cannot be read.
     """
     path = Path(path)
+    if path.suffix.lower() == ".npy":
+        return _parse_npy(path, num_classes if num_classes is not None else (len(class_names) if class_names else None))
     try:
         text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as e:
@@ -93,6 +99,29 @@ def parse_labels(path: str | os.PathLike, class_names: Sequence[str] | None = No
             classes.add(k)
         out[rel] = tuple(sorted(classes))
     return out
+
+
+def _parse_npy(path: Path, num_classes: int | None) -> dict[str, tuple[int, ...]]:
+    from camfast.evaluation.datasets.voc import read_cls_labels_npy
+
+    try:
+        out = read_cls_labels_npy(path, None)
+    except OSError as e:
+        raise ValueError(f"labels: cannot read {str(path)!r}: {e}") from None
+    except ValueError as e:
+        raise ValueError(f"labels: {e}") from None
+    for image_id, classes in out.items():
+        if num_classes is not None and classes and classes[-1] >= num_classes:
+            raise ValueError(f"labels: {path}: {image_id}: class index {classes[-1]} out of range [0, {num_classes})")
+    return out
+
+
+def match_ids(labels: dict[str, tuple[int, ...]], images: Sequence[str]) -> dict[str, tuple[int, ...]]:
+    """Labels keyed by image id (``cls_labels.npy``) re-keyed by the images' relative paths:
+    an image whose path without its suffix is an id takes its classes; ids matching no
+    image keep their key (reported as not under the image folder)."""
+    by_stem = {os.path.splitext(rel)[0]: rel for rel in images}
+    return {by_stem.get(key, key): classes for key, classes in labels.items()}
 
 
 def label_map(maps: Tensor | np.ndarray, classes: Sequence[int], threshold: float,

@@ -19,10 +19,11 @@ from torch import Tensor
 from camfast.cli import common
 from camfast.cli.common import FATAL_WRITE_ERRNOS, OutputStopped, UsageError
 from camfast.cli.pseudo_label import distributed, outputs
+from camfast.cli.pseudo_label.background import Writer, prefetch
 from camfast.cli.pseudo_label.config import DEFAULT_LABELS_THRESHOLD, PseudoLabelConfig, Summary
 from camfast.cli.pseudo_label.dataset import ImageRecords, as_list
 from camfast.cli.pseudo_label.discovery import find_images
-from camfast.cli.pseudo_label.labels import label_map, parse_labels, voc_palette
+from camfast.cli.pseudo_label.labels import label_map, match_ids, parse_labels, voc_palette
 from camfast.methods import registry
 from camfast.methods.registry import MethodSpec
 from camfast.utils.io import atomic_write
@@ -101,6 +102,8 @@ def _start(config: PseudoLabelConfig, d: distributed.Dist, device: torch.device,
             labels = parse_labels(config.labels, getattr(spec, "class_names", None), _num_classes(spec))
         skipped: list[str] = []
         images = find_images(config.images, exclude=[config.out], skipped=skipped)
+        if labels is not None and str(config.labels).lower().endswith(".npy"):
+            labels = match_ids(labels, images)  # cls_labels.npy: keyed by image id
         method = registry.get(config.method)
         missing = method.missing()
         if missing:
@@ -212,17 +215,31 @@ def _run(ctx: RunContext, images: list[str], threads: int) -> Summary:
         collate_fn=as_list, persistent_workers=False, prefetch_factor=2 if config.workers else None)
     stopped = None
     interrupted = False
+    # decoding ahead: worker processes do it with --workers; else a thread, two batches ahead
+    batches_in = loader if config.workers else prefetch(loader, depth=2)
+    writer = Writer(lambda item: _write_image(ctx, *item), lambda item, error: _written(ctx, item, error, progress),
+                    depth=2 * config.batch_size, stops=lambda e: e.errno in FATAL_WRITE_ERRNOS)
     try:
-        for records in loader:
-            ok = []
-            for r in records:
-                if r["error"] is not None:
-                    ctx.fail(r["rel"], f"cannot read {config.images / r['rel']}: {r['error']}", progress)
-                else:
-                    ok.append(r)
-            if ok:
-                _process_batch(ctx, ok, progress)
-            progress.update(len(records))
+        try:
+            for records in batches_in:
+                ok = []
+                for r in records:
+                    if r["error"] is not None:
+                        ctx.fail(r["rel"], f"cannot read {config.images / r['rel']}: {r['error']}", progress)
+                    else:
+                        ok.append(r)
+                if ok:
+                    _process_batch(ctx, ok, writer)
+                progress.update(len(records))
+            writer.close()
+        finally:
+            for item, error in writer.abort():  # outcomes of the writes done while stopping
+                if error is None:
+                    ctx.written += 1
+                elif isinstance(error, OSError) and error.errno not in FATAL_WRITE_ERRNOS:
+                    ctx.fail(item[0]["rel"], _write_error(item[0], error), progress)
+            if hasattr(batches_in, "close"):
+                batches_in.close()
     except OutputStopped as e:
         stopped = str(e)
     except KeyboardInterrupt:
@@ -284,9 +301,11 @@ def _num_classes(spec: Any) -> int | None:
     return len(names) if names else None
 
 
-def _compute(ctx: RunContext, x: Tensor, target: list[int] | None, images_u8: np.ndarray | None
-             ) -> tuple[Tensor, Tensor | None]:
-    """``(maps (N, size, size) float32 in [0, 1], class per map)`` for the preprocessed batch.
+def _compute(ctx: RunContext, x: Tensor, target: list[list[int]] | None, images_u8: np.ndarray | None
+             ) -> tuple[Tensor | list[Tensor], Tensor | list[Tensor] | None]:
+    """The maps for the preprocessed batch, float32 in [0, 1], and their classes: without
+    ``target``, ``(B, size, size)`` (each image's top class) and ``(B,)``; with one class
+    list per image, a ``(K_b, size, size)`` stack per image and a ``(K_b,)`` tensor each.
     Only the registry row is consulted: ``image=`` for a method that takes one, ``crf=True``
     for a method with its own CRF when ``--crf`` is given."""
     kwargs: dict[str, Any] = {"return_layers": True}
@@ -295,49 +314,48 @@ def _compute(ctx: RunContext, x: Tensor, target: list[int] | None, images_u8: np
     if ctx.config.crf and ctx.method.accepts("crf"):
         kwargs["crf"] = True
     res = ctx.method(ctx.model.model, x, target, **kwargs)
+    if isinstance(res.cam, (list, tuple)):
+        return [c.float() for c in res.cam], res.targets
     return res.cam.float(), res.targets
 
 
-def _process_batch(ctx: RunContext, ok: list[dict[str, Any]], progress: Progress) -> None:
+def _process_batch(ctx: RunContext, ok: list[dict[str, Any]], writer: Writer) -> None:
+    """The maps of a batch, upsampled to each image's original size and handed to the writer.
+
+    With labels, every image's classes come from ONE call of the method (a list of classes
+    per image: one forward, one backward per round of classes)."""
     x = torch.stack([r["image"] for r in ok]).to(device=ctx.device, dtype=torch.float32).div_(255)
     xin = ctx.model.preprocess(x)
-    # (image j, class or None) pairs, computed batch_size at a time
-    if ctx.labels is None:
-        pairs = [(j, None) for j in range(len(ok))]
-    else:
-        pairs = [(j, k) for j, r in enumerate(ok) for k in ctx.labels[r["rel"]]]
-    maps: list[Tensor] = [None] * len(pairs)  # type: ignore[list-item]
-    chosen: list[int] = [0] * len(pairs)
-    bs = ctx.config.batch_size
-    for lo in range(0, len(pairs), bs):
-        chunk = list(range(lo, min(lo + bs, len(pairs))))
-        js = [pairs[p][0] for p in chunk]
-        target = None if ctx.labels is None else [pairs[p][1] for p in chunk]
-        xb = xin if js == list(range(len(ok))) else xin[js]
-        u8 = np.stack([ok[j]["image"].permute(1, 2, 0).numpy() for j in js]) if ctx.method.takes_image else None
-        m, cls = _compute(ctx, xb, target, u8)
-        m = m.detach().cpu()
-        cls = cls.detach().cpu().tolist() if cls is not None else target
-        for q, p in enumerate(chunk):
-            maps[p] = m[q]
-            chosen[p] = int(cls[q])
-    start = 0
+    target = None if ctx.labels is None else [list(ctx.labels[r["rel"]]) for r in ok]
+    u8 = np.stack([r["image"].permute(1, 2, 0).numpy() for r in ok]) if ctx.method.takes_image else None
+    maps, cls = _compute(ctx, xin, target, u8)
     for j, r in enumerate(ok):
-        n = sum(1 for p in pairs if p[0] == j)
-        own = torch.stack(maps[start:start + n])  # (K, size, size)
-        classes = chosen[start:start + n]
-        start += n
+        if target is None:
+            own = maps[j:j + 1].detach().cpu()  # (1, size, size)
+            classes = [int(cls[j])] if cls is not None else [0]
+        else:
+            own = maps[j].detach().cpu()  # (K, size, size)
+            classes = [int(k) for k in (cls[j].tolist() if cls is not None else target[j])]
         H, W = r["size"]
         full = F.interpolate(own[None], size=(H, W), mode="bilinear", align_corners=False)[0].clamp_(0, 1)
-        try:
-            _write_image(ctx, r, full, classes)
-        except OSError as e:
-            message = common.describe_os_error(e)
-            if e.errno in FATAL_WRITE_ERRNOS:
-                raise OutputStopped(f"cannot write {message}") from e
-            ctx.fail(r["rel"], f"cannot write the outputs of {r['rel']}: {message}", progress)
-            continue
+        writer.put((r, full, classes))
+
+
+def _write_error(r: dict[str, Any], error: OSError) -> str:
+    return f"cannot write the outputs of {r['rel']}: {common.describe_os_error(error)}"
+
+
+def _written(ctx: RunContext, item: tuple, error: BaseException | None, progress: Progress) -> None:
+    """An image's outputs are written (``error`` None) or failed: counted, reported, or the
+    run stopped (the folder cannot take more files)."""
+    r = item[0]
+    if error is None:
         ctx.written += 1
+        return
+    assert isinstance(error, OSError)
+    if error.errno in FATAL_WRITE_ERRNOS:
+        raise OutputStopped(f"cannot write {common.describe_os_error(error)}") from error
+    ctx.fail(r["rel"], _write_error(r, error), progress)
 
 
 def _write_image(ctx: RunContext, r: dict[str, Any], full: Tensor, classes: list[int]) -> None:

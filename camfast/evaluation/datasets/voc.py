@@ -10,7 +10,7 @@ from torch.utils.data import Dataset
 
 from camfast.evaluation.datasets import common as C
 
-__all__ = ["VOC_CLASSES", "VOCSegmentation"]
+__all__ = ["VOC_CLASSES", "VOCSegmentation", "decode_int_filename", "read_class_labels", "read_cls_labels_npy"]
 
 VOC_CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -18,6 +18,93 @@ VOC_CLASSES = (
     "tvmonitor",
 )
 _CLASS_INDEX = {name: i for i, name in enumerate(VOC_CLASSES)}
+
+
+def decode_int_filename(key: int) -> str:
+    """IRN's image id from its integer form: ``2007000032`` -> ``"2007_000032"`` (IRN reads
+    the split lists with ``np.loadtxt(dtype=np.int32)``, and Python's ``int`` accepts the
+    underscore, so ``cls_labels.npy`` is keyed by these ints)."""
+    s = str(int(key))
+    return s[:4] + "_" + s[4:]
+
+
+def read_cls_labels_npy(path: str | os.PathLike, num_classes: int | None = 20) -> dict[str, tuple[int, ...]]:
+    """VOC's ``cls_labels.npy`` (IRN's ``voc12/cls_labels.npy``): ``{image_id: multi-hot
+    (num_classes,)}`` saved with ``np.save``, read with the restricted unpickler of
+    :mod:`camfast.evaluation.safe_npy` (a file whose pickle would run code is refused). Keys
+    are IRN's ints (decoded with :func:`decode_int_filename`) or id strings. Returns
+    ``{image_id: sorted 0-based classes}``. ``num_classes=None``: any length, the same for
+    every image.
+
+    Raises:
+        ValueError: not such a dict, a vector of another length or with values other than
+            0/1, an unsafe pickle (the message names the file and the image).
+    """
+    from camfast.evaluation.safe_npy import load_npy_dict
+
+    import numpy as np
+
+    d = load_npy_dict(path)
+    out: dict[str, tuple[int, ...]] = {}
+    for key, vec in d.items():
+        if isinstance(key, str):
+            image_id = key
+        elif isinstance(key, (int, np.integer)) and not isinstance(key, bool):
+            image_id = decode_int_filename(key)
+        else:
+            raise ValueError(f"{path}: keys must be image ids (str or IRN's int), got {type(key).__name__} {key!r}")
+        v = np.asarray(vec)
+        if num_classes is None and v.ndim == 1:
+            num_classes = v.shape[0]
+        if v.shape != (num_classes,) or v.dtype.kind not in "biuf" or not np.isin(v, (0, 1)).all():
+            raise ValueError(f"{path}: {image_id}: expected a {num_classes}-dim 0/1 vector, got "
+                             f"{v.dtype} {v.shape}")
+        if image_id in out:
+            raise ValueError(f"{path}: {image_id} is listed twice")
+        out[image_id] = tuple(int(k) for k in np.flatnonzero(v))
+    return out
+
+
+def read_class_labels(path: str | os.PathLike, num_classes: int = 20, *, by_stem: bool = False,
+                      class_names: tuple[str, ...] | None = VOC_CLASSES) -> dict[str, tuple[int, ...]]:
+    """Image-level classes from VOC's ``cls_labels.npy`` (:func:`read_cls_labels_npy`) or
+    the text format (``id_or_path cls1 cls2 ...``, one image per line; classes 0-based
+    indices or ``class_names``; ``#`` comments; errors as ``FILE:LINE``), chosen by the
+    suffix (``.npy``). ``by_stem``: text keys without their suffix (``a/b.jpg`` -> ``a/b``),
+    the names of per-image outputs. Returns ``{key: sorted 0-based classes}``."""
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"labels: {str(path)!r} is not a file")
+    if path.suffix.lower() == ".npy":
+        return read_cls_labels_npy(path, num_classes)
+    folded = {n.lower(): i for i, n in enumerate(class_names or ())}
+    out: dict[str, tuple[int, ...]] = {}
+    for number, line in C.read_lines(path):
+        if line.startswith("#"):
+            continue
+        parts = line.split("\t") if "\t" in line else line.split()
+        if "\t" in line:
+            parts = [parts[0].strip(), *" ".join(parts[1:]).split()]
+        if len(parts) < 2:
+            raise C.malformed(path, number, f"expected 'image cls1 cls2 ...', got {line!r}")
+        key = os.path.splitext(parts[0])[0] if by_stem else parts[0]
+        classes = set()
+        for tok in parts[1:]:
+            if tok.lstrip("-").isascii() and tok.lstrip("-").isdigit():
+                k = int(tok)
+            elif tok.lower() in folded:
+                k = folded[tok.lower()]
+            else:
+                raise C.malformed(path, number, f"unknown class {tok!r}")
+            if not 0 <= k < num_classes:
+                raise C.malformed(path, number, f"class index {k} out of range [0, {num_classes})")
+            classes.add(k)
+        if key in out:
+            raise C.malformed(path, number, f"{parts[0]!r} is listed twice")
+        out[key] = tuple(sorted(classes))
+    return out
 _BOX_SOURCES = ("auto", "objects", "xml", "none")
 
 
@@ -60,6 +147,10 @@ class VOCSegmentation(Dataset):
             boxes resized together.
         transform: applied to the image tensor only, after ``resize`` (normalisation, ...);
             a transform that moves pixels leaves boxes and masks to the caller.
+        class_labels: a file of image-level classes that ``labels`` come from instead (the
+            masks and boxes are unchanged): VOC's ``cls_labels.npy`` (IRN's ``{image_id:
+            20-dim multi-hot}``, read without running code from the file) or the text format
+            ``id cls1 cls2 ...`` (:func:`read_class_labels`); every listed image must be in it.
 
     Raises:
         FileNotFoundError: a missing folder, list file or listed image/PNG (named).
@@ -72,7 +163,7 @@ class VOCSegmentation(Dataset):
 
     def __init__(self, root: str | os.PathLike, split: str = "train", *, image_set: str = "Segmentation",
                  boxes: str = "auto", mask_dir: str | None = None, resize: Any = None,
-                 transform: Callable | None = None) -> None:
+                 transform: Callable | None = None, class_labels: str | os.PathLike | None = None) -> None:
         self.root = C.check_root(root)
         if not isinstance(split, str) or not split or "/" in split or "\\" in split:
             raise ValueError(f"split must be a list file's name such as 'train' or 'val', got {split!r}")
@@ -94,6 +185,13 @@ class VOCSegmentation(Dataset):
                 raise C.malformed(list_file, number, f"expected an image id, got {line!r}")
             ids.append(parts[0])
         self.ids = ids
+        self.class_labels = None
+        if class_labels is not None:
+            self.class_labels = read_class_labels(class_labels, self.num_classes)
+            missing = [i for i in ids if i not in self.class_labels]
+            if missing:
+                raise ValueError(f"class_labels: {class_labels} has no entry for {len(missing)} listed image(s): "
+                                 f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
 
         self.annotation_dir = self.root / "Annotations"
         self.object_dir = self.root / "SegmentationObject"
@@ -155,6 +253,8 @@ class VOCSegmentation(Dataset):
             labels = torch.tensor(sorted({c for c, _ in xml_objects}), dtype=torch.int64)
             label = xml_objects[0][0] if xml_objects else -1
 
+        if self.class_labels is not None:
+            labels = torch.tensor(self.class_labels[image_id], dtype=torch.int64)
         source = self.box_source
         if source == "auto":
             if self.mask_dir is not None and (self.object_dir / f"{image_id}.png").is_file():

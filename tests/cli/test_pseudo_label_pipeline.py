@@ -1,0 +1,199 @@
+"""``camfast pseudo-label`` as a pipeline (issue 12 item 3): all of an image's classes in one
+call, outputs written on a background writer, decoding ahead.
+
+The command's files are compared with references made here from the same pieces the
+command uses (its decoder, the method, its writers) the way the command worked before:
+without labels the bytes are the same; with labels, the one multi-class call is compared
+with the former one-copy-of-the-image-per-class call.
+"""
+
+from __future__ import annotations
+
+import importlib
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+import camfast
+from camfast.cli import main as cli_main
+from camfast.cli.pseudo_label import background, dataset, outputs
+from camfast.cli.pseudo_label.labels import label_map, voc_palette
+from camfast.utils import io as camfast_io
+
+SIZE = 32
+TINY = "pseudo_label_models:tiny"
+run_module = importlib.import_module("camfast.cli.pseudo_label.run")  # the package's run is its CLI entry
+IMAGES = {"a.jpg": (40, 30), "b.png": (33, 50), "c/d.jpg": (64, 40), "c/e.png": (30, 60)}
+LABELS = {"a.jpg": (0, 2), "b.png": (4,), "c/d.jpg": (1, 3, 4), "c/e.png": (2,)}
+
+
+@pytest.fixture
+def images(tmp_path):
+    root = tmp_path / "images"
+    for seed, (rel, (w, h)) in enumerate(IMAGES.items()):
+        rng = np.random.default_rng(seed)
+        yy, xx = np.mgrid[0:h, 0:w]
+        blob = np.exp(-((xx - w * 0.6) ** 2 + (yy - h * 0.4) ** 2) / (0.05 * w * h))
+        rgb = (rng.random((h, w, 3)) * 80 + blob[..., None] * np.array([170, 60, 20])).clip(0, 255)
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rgb.astype(np.uint8)).save(root / rel)
+    return root
+
+
+def _run(images, out, *extra) -> int:
+    return cli_main(["pseudo-label", "--images", str(images), "--out", str(out), "--model", TINY, "--size",
+                     str(SIZE), "--progress", "none", *map(str, extra)])
+
+
+def _reference(images, rel, classes, threshold, tmp):
+    """The files of ``rel`` as the command wrote them before item 3: the image decoded by the
+    command's decoder, replicated once per class (or once, top class, without classes), one
+    call, upsampled, written by the command's writers. Returns ``{name: bytes}``."""
+    spec = camfast.models.load_model(TINY)
+    resized, (H, W), _ = dataset.load_image(images / rel, SIZE)
+    x = torch.from_numpy(resized).permute(2, 0, 1)[None].to(torch.float32).div_(255)
+    xin = spec.preprocess(x)
+    if classes is None:
+        res = camfast.zoom_cam(spec.model, xin, None, return_layers=True)
+        chosen = [int(res.targets[0])]
+    else:
+        res = camfast.zoom_cam(spec.model, xin[[0] * len(classes)], list(classes), return_layers=True)
+        chosen = list(classes)
+    maps = res.cam.float().detach().cpu()
+    full = F.interpolate(maps[None], size=(H, W), mode="bilinear", align_corners=False)[0].clamp_(0, 1)
+    paths = outputs.output_paths(tmp, rel, classes, "png", threshold is not None)
+    arr = full.numpy()
+    for k in range(len(chosen)):
+        outputs.write_png16(paths[k], arr[k])
+    if threshold is not None:
+        outputs.write_label_map(paths[-1], label_map(full, chosen, threshold), voc_palette())
+    return {p.relative_to(tmp).as_posix(): p.read_bytes() for p in paths}, full.numpy()
+
+
+def _files(out):
+    return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*.png"))}
+
+
+def test_without_labels_the_bytes_are_the_same_as_before(images, tmp_path):
+    out = tmp_path / "out"
+    assert _run(images, out, "--threshold", 0.3, "--batch-size", 1) == 0
+    got = _files(out)
+    expected = {}
+    for rel in IMAGES:
+        files, _ = _reference(images, rel, None, 0.3, tmp_path / "ref")
+        expected.update(files)
+    assert got.keys() == expected.keys()
+    for name in expected:
+        assert got[name] == expected[name], name
+
+
+def test_labels_all_classes_in_one_call_match_one_copy_per_class(images, tmp_path, monkeypatch):
+    labels = tmp_path / "labels.txt"
+    labels.write_text("".join(f"{rel} {' '.join(map(str, ks))}\n" for rel, ks in LABELS.items()))
+    calls = []
+    real = run_module._compute
+
+    def counting(ctx, x, target, u8):
+        calls.append((x.shape[0], target))
+        return real(ctx, x, target, u8)
+
+    monkeypatch.setattr(run_module, "_compute", counting)
+    out = tmp_path / "out"
+    assert _run(images, out, "--labels", labels, "--batch-size", 4) == 0
+    # one call for the batch of 4 images, each with all its classes (not 7 replicated images)
+    assert calls == [(4, [list(LABELS[rel]) for rel in sorted(IMAGES)])]
+    got = _files(out)
+    for rel, classes in LABELS.items():
+        files, full = _reference(images, rel, classes, 0.15, tmp_path / "ref")
+        for name, data in files.items():
+            assert name in got, name
+            if name.startswith("heatmaps/"):
+                a = np.array(Image.open(out / name)).astype(np.int64)
+                b = np.array(Image.open(tmp_path / "ref" / name)).astype(np.int64)
+                assert np.abs(a - b).max() <= 1, name  # float32 rounding of another batch shape at most
+            else:
+                with Image.open(out / name) as im:
+                    lab = np.array(im)
+                expected = label_map(full, classes, 0.15)
+                clear = np.abs(full.max(0) - 0.15) > 1e-4
+                if len(classes) > 1:
+                    top2 = np.sort(full, 0)
+                    clear &= np.abs(top2[-1] - top2[-2]) > 1e-4
+                np.testing.assert_array_equal(lab[clear], expected[clear])
+
+
+def test_writing_and_decoding_run_off_the_main_thread(images, tmp_path, monkeypatch):
+    threads = {"write": set(), "decode": set()}
+    real_write, real_load = camfast_io.atomic_write, dataset.load_image
+
+    def write(*a, **k):
+        threads["write"].add(threading.current_thread().name)
+        return real_write(*a, **k)
+
+    def load(*a, **k):
+        threads["decode"].add(threading.current_thread().name)
+        return real_load(*a, **k)
+
+    monkeypatch.setattr(camfast_io, "atomic_write", write)
+    monkeypatch.setattr(dataset, "load_image", load)
+    out = tmp_path / "out"
+    assert _run(images, out, "--threshold", 0.3, "--batch-size", 2) == 0
+    # every image's files by the writer (the summary, written by the main thread, is not counted)
+    assert threads["write"] == {"camfast-writer"}
+    assert threads["decode"] == {"camfast-decode"}
+    assert len(_files(out)) == 2 * len(IMAGES)
+
+
+# ------------------------------------------------------------------ the two helpers
+
+
+def test_prefetch_keeps_order_runs_ahead_and_raises_at_the_item():
+    produced = []
+
+    def gen():
+        for i in range(5):
+            produced.append(i)
+            yield i
+        raise RuntimeError("boom at 5")
+
+    it = background.prefetch(gen(), depth=2)
+    assert next(it) == 0
+    time.sleep(0.2)
+    assert produced[:3] == [0, 1, 2] and len(produced) <= 4  # bounded: at most depth ahead (+1 waiting)
+    assert [next(it) for _ in range(4)] == [1, 2, 3, 4]
+    with pytest.raises(RuntimeError, match="boom at 5"):
+        next(it)
+
+
+def test_writer_reports_each_item_stops_on_fatal_errors_and_drops_the_rest():
+    done = []
+
+    def write(i):
+        if i == 2:
+            raise PermissionError(13, "denied", f"f{i}")
+        if i == 4:
+            raise OSError(28, "No space left on device", f"f{i}")
+        time.sleep(0.01)
+
+    w = background.Writer(write, lambda i, e: done.append((i, None if e is None else e.errno)), depth=2,
+                          stops=lambda e: e.errno == 28)
+    for i in range(8):
+        w.put(i)
+    w.close()
+    # 0, 1, 3 written, 2 failed (reported, the run goes on), 4 stopped the writer: 5.. dropped
+    assert done == [(0, None), (1, None), (2, 13), (3, None), (4, 28)]
+
+    def interrupted(i):
+        if i == 1:
+            raise KeyboardInterrupt
+    w = background.Writer(interrupted, lambda i, e: done.append(i), depth=4)
+    with pytest.raises(KeyboardInterrupt):
+        for i in range(6):
+            w.put(i)
+        w.close()
+    assert w.abort() == []
