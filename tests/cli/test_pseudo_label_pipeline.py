@@ -10,6 +10,9 @@ with the former one-copy-of-the-image-per-class call.
 from __future__ import annotations
 
 import importlib
+import json
+import math
+import os
 import threading
 import time
 
@@ -197,3 +200,62 @@ def test_writer_reports_each_item_stops_on_fatal_errors_and_drops_the_rest():
             w.put(i)
         w.close()
     assert w.abort() == []
+
+
+# ------------------------------------------------------------------ --scales, --flip, --format irn (item 3)
+
+
+def _multiscale_reference(images, rel, classes, scales, flip):
+    from camfast.methods.multiscale import multiscale
+
+    spec = camfast.models.load_model(TINY)
+    _, (H, W), original = dataset.load_image(images / rel, SIZE, keep_original=True)
+    x = torch.from_numpy(original).permute(2, 0, 1)[None].to(torch.float32).div_(255)
+    res = multiscale("zoom-cam", spec.model, spec.preprocess(x), [list(classes)], scales=scales, flip=flip)
+    return res.cam[0].numpy(), res.high_res[0].numpy(), res.targets[0].tolist(), (H, W)
+
+
+def test_format_irn_reads_as_irn_reads_it_and_equals_the_library_call(images, tmp_path):
+    labels = tmp_path / "labels.txt"
+    labels.write_text("".join(f"{rel} {' '.join(map(str, ks))}\n" for rel, ks in LABELS.items()))
+    out = tmp_path / "out"
+    assert _run(images, out, "--labels", labels, "--format", "irn", "--scales", "1.0,0.5,1.5") == 0
+    s = json.loads((out / "summary.json").read_text())["settings"]
+    assert s["scales"] == [1.0, 0.5, 1.5] and s["flip"] is True and s["format"] == "irn"
+    for rel, classes in LABELS.items():
+        path = out / "cam" / (os.path.splitext(rel)[0] + ".npy")
+        d = np.load(path, allow_pickle=True).item()  # IRN's step/eval_cam.py reads it so
+        assert set(d) == {"keys", "cam", "high_res"}
+        cam, high, keys, (H, W) = _multiscale_reference(images, rel, classes, (1.0, 0.5, 1.5), True)
+        assert d["keys"].tolist() == list(classes) == keys and d["keys"].dtype == np.int64
+        assert d["cam"].shape == (len(classes), math.ceil(H / 4), math.ceil(W / 4)) and d["cam"].dtype == np.float32
+        assert d["high_res"].shape == (len(classes), H, W) and d["high_res"].dtype == np.float32
+        np.testing.assert_allclose(d["cam"], cam, atol=1e-6, rtol=0)
+        np.testing.assert_allclose(d["high_res"], np.clip(high, 0, 1), atol=1e-6, rtol=0)
+        # IRN's eval: background plane, argmax, keys + 1
+        cams = np.pad(d["high_res"], ((1, 0), (0, 0), (0, 0)), mode="constant", constant_values=0.15)
+        lab = np.pad(d["keys"] + 1, (1, 0), mode="constant")[np.argmax(cams, axis=0)]
+        with Image.open(out / "labels" / (os.path.splitext(rel)[0] + ".png")) as im:
+            written = np.array(im)
+        clear = np.abs(np.sort(cams, 0)[-1] - np.sort(cams, 0)[-2]) > 1e-4
+        np.testing.assert_array_equal(written[clear], lab[clear])
+        # and camfast's own evaluation reads it without unpickling anything else
+        from camfast.evaluation.pseudo_labels import read_prediction
+
+        pred = read_prediction(path)
+        assert pred.keys.tolist() == list(classes) and np.array_equal(pred.scores, d["high_res"])
+
+
+def test_scales_and_flip_with_png_heatmaps(images, tmp_path):
+    labels = tmp_path / "labels.txt"
+    labels.write_text("a.jpg 0 2\nc/d.jpg 3\n")
+    out = tmp_path / "out"
+    assert _run(images, out, "--labels", labels, "--scales", "1,0.5", "--flip") == 0
+    for rel, classes in (("a.jpg", (0, 2)), ("c/d.jpg", (3,))):
+        _, high, _, _ = _multiscale_reference(images, rel, classes, (1.0, 0.5), True)
+        for k, m in zip(classes, high):
+            got = np.array(Image.open(out / "heatmaps" / f"{os.path.splitext(rel)[0]}_c{k}.png")).astype(np.int64)
+            assert np.abs(got - np.rint(np.clip(m, 0, 1) * 65535)).max() <= 1
+    with pytest.raises(SystemExit) as e:  # argparse: exit status 2, the argument named
+        cli_main(["pseudo-label", "--images", str(images), "--out", str(tmp_path / "x"), "--scales", "1,-2"])
+    assert e.value.code == 2

@@ -59,6 +59,9 @@ outputs (<stem> = image path relative to --images, without its suffix):
   OUT/heatmaps/<stem>.png        top-1 class map, 16-bit grayscale at the image's size (value * 65535)
   OUT/heatmaps/<stem>_c<k>.png   with --labels: one map per listed class k
   OUT/heatmaps/<stem>.npy        with --format npy: float16 (H, W), or (K, H, W) with --labels
+  OUT/cam/<stem>.npy             with --format irn: IRN's make_cam.py file, np.save of a dict {{"keys": the classes
+                                 (0-based, int64), "cam": float32 (K, ceil(H/4), ceil(W/4)), "high_res": float32
+                                 (K, H, W)}}; a pickle: readers need np.load(path, allow_pickle=True).item()
   OUT/labels/<stem>.png          with --labels or --threshold: 0 = background, class k = k + 1; an 8-bit
                                  VOC-palette PNG when every label in the image is <= 255 (class < 255),
                                  else 16-bit grayscale with the same values (such maps look black in a viewer)
@@ -74,6 +77,10 @@ images without a line are skipped with a warning. A .npy FILE is VOC's cls_label
 multi-hot}}; read without running code from it), its ids matched to the image paths without their suffix.
 
 {EXIT_STATUS_HELP}
+
+--scales / --flip / --format irn: the maps are IRN's multi-scale recipe (camfast.multiscale: each scale's batch
+holds the image and its flip, maps summed, each class divided by its max + 1e-5) computed on each image at its
+own size, one image per call (--size is not used); --format irn defaults to --scales 1.0,0.5,1.5,2.0 --flip.
 
 distributed: torchrun --nproc-per-node N -m camfast.cli pseudo-label ... shards the images by rank.
 
@@ -106,7 +113,11 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
                         "a method with its own CRF (one whose function takes crf=) uses that instead")
     parser.add_argument("--workers", type=int, default=0, metavar="N",
                         help="image-decoding processes (default 0: in the main process)")
-    parser.add_argument("--format", default="png", choices=FORMATS, help="heatmap format (default png)")
+    parser.add_argument("--format", default="png", choices=FORMATS, help="heatmap format (default png; irn: IRN's cam .npy dicts, see below)")
+    parser.add_argument("--scales", type=_scales, default=None, metavar="S1,S2,...",
+                        help="multi-scale maps at these scales of each image (IRN: 1.0,0.5,1.5,2.0)")
+    parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
+                        help="add each scale's horizontal flip (default: on with --format irn, else off)")
     parser.add_argument("--overwrite", action="store_true", help="recompute images whose outputs exist")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available; under "
                         "torchrun, cuda:LOCAL_RANK)")
@@ -118,6 +129,16 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
                         help="images between progress lines (default 100)")
 
 
+def _scales(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers such as 1.0,0.5,1.5,2.0, got {text!r}")
+    if not values or any(not (v > 0 and v < float("inf")) for v in values):
+        raise argparse.ArgumentTypeError(f"scales must be positive numbers, got {text!r}")
+    return values
+
+
 def _err(message: str) -> None:
     print(f"camfast pseudo-label: {message}", file=sys.stderr)
 
@@ -127,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
         images=args.images, out=args.out, method=args.method, labels=args.labels, model=args.model,
         batch_size=args.batch_size, size=args.size, threshold=args.threshold, crf=args.crf, workers=args.workers,
         format=args.format, overwrite=args.overwrite, device=args.device, threads=args.threads,
-        progress=args.progress, log_every=args.log_every)
+        progress=args.progress, log_every=args.log_every, scales=args.scales, flip=args.flip)
     try:
         summary = run_pseudo_label(config)
     except NoImagesFound as e:

@@ -13,7 +13,7 @@ from camfast.utils.progress import MODES as PROGRESS_MODES
 
 __all__ = ["DEFAULT_LABELS_THRESHOLD", "FORMATS", "PseudoLabelConfig", "Summary", "UsageError"]
 
-FORMATS = ("png", "npy")
+FORMATS = ("png", "npy", "irn")
 #: background threshold with labels when none is given (IRN's ``cam_eval_thres``)
 DEFAULT_LABELS_THRESHOLD = 0.15
 
@@ -28,6 +28,10 @@ class PseudoLabelConfig:
     when stderr is a terminal, else a line every ``log_every`` images), ``"bar"``, ``"lines"``
     or ``"none"``; only rank 0 reports progress. ``crf``: refine label maps with a dense CRF;
     a method that has its own CRF (its function takes ``crf=``) runs with it instead.
+    ``scales`` / ``flip`` / ``format="irn"``: the maps come from
+    :func:`camfast.methods.multiscale.multiscale` on each image at its own size (IRN's
+    recipe; ``format="irn"`` defaults to IRN's scales with flips) instead of one pass at
+    ``size x size``.
     """
 
     images: Path
@@ -46,9 +50,29 @@ class PseudoLabelConfig:
     threads: int | None = None
     progress: str = "auto"
     log_every: int = 100
+    scales: tuple[float, ...] | None = None
+    flip: bool | None = None
+
+    @property
+    def multiscale(self) -> bool:
+        """Maps by :func:`camfast.methods.multiscale.multiscale` (IRN's recipe) at each image's
+        own size: with ``scales``, ``flip`` or ``format="irn"``."""
+        return self.scales is not None or bool(self.flip) or self.format == "irn"
 
     def validate(self) -> None:
         self.images, self.out = Path(self.images), Path(self.out)
+        if self.format == "irn":  # IRN's make_cam.py: its scales, with flips, unless told otherwise
+            if self.scales is None:
+                from camfast.methods.multiscale import IRN_SCALES
+
+                self.scales = tuple(IRN_SCALES)
+            if self.flip is None:
+                self.flip = True
+        if self.multiscale:
+            from camfast.methods.multiscale import check_scales
+
+            self.scales = check_scales(tuple(self.scales) if self.scales is not None else (1.0,))
+            self.flip = bool(self.flip)
         try:
             self.method = registry.get(self.method).name
         except (TypeError, ValueError):
@@ -76,6 +100,8 @@ class PseudoLabelConfig:
             raise ValueError(f"labels: {str(self.labels)!r} is not a file")
         if self.out.exists() and not self.out.is_dir():
             raise ValueError(f"out: {str(self.out)!r} exists and is not a folder")
+        if self.multiscale and registry.get(self.method).takes_image:
+            raise ValueError(f"method {self.method} takes the image itself; it does not run with scales/flip/irn")
         if (self.crf and self.labels is None and self.threshold is None
                 and not registry.get(self.method).accepts("crf")):
             raise ValueError("crf refines label maps: give labels or a threshold (or a method with its own CRF)")

@@ -19,7 +19,7 @@ from camfast.utils import io
 from camfast.utils.io import TMP_SUFFIX
 
 __all__ = ["TMP_PREFIX", "output_paths", "remove_stale_temporaries", "write_label_map", "write_npy",
-           "write_png16"]
+           "write_irn", "write_png16"]
 
 #: temporary files start with this; a rerun removes any left by a killed run
 TMP_PREFIX = ".camfast-tmp-"
@@ -29,7 +29,9 @@ def output_paths(out: Path, rel: str, classes: Sequence[int] | None, fmt: str, w
     """Every file an image produces (heatmaps first, then the label map)."""
     s = stem(rel)
     heat = out / "heatmaps"
-    if fmt == "npy":
+    if fmt == "irn":
+        paths = [out / "cam" / f"{s}.npy"]
+    elif fmt == "npy":
         paths = [heat / f"{s}.npy"]
     elif classes is None:
         paths = [heat / f"{s}.png"]
@@ -63,6 +65,17 @@ def write_png16(path: Path, cam: np.ndarray) -> None:
 
 def write_npy(path: Path, array: np.ndarray) -> None:
     _write(path, lambda f: np.save(f, array.astype(np.float16), allow_pickle=False))
+
+
+def write_irn(path: Path, keys: np.ndarray, cam: np.ndarray, high_res: np.ndarray) -> None:
+    """IRN's ``step/make_cam.py`` file: ``np.save`` of ``{"keys", "cam", "high_res"}`` (a
+    pickled dict in a 0-d object array: readers need ``allow_pickle=True``, as IRN's own
+    ``eval_cam.py``; camfast reads it with a restricted unpickler). IRN stores ``keys`` and
+    ``cam`` as torch tensors; here all three are numpy arrays (int64, float32, float32), which
+    IRN's and AMN's next steps read the same way (``np.pad``, ``+ 1``, indexing)."""
+    d = {"keys": np.asarray(keys, dtype=np.int64), "cam": np.asarray(cam, dtype=np.float32),
+         "high_res": np.asarray(high_res, dtype=np.float32)}
+    _write(path, lambda f: np.save(f, d, allow_pickle=True))
 
 
 def write_label_map(path: Path, labels: np.ndarray, palette: list[int]) -> None:

@@ -209,7 +209,7 @@ def _run(ctx: RunContext, images: list[str], threads: int) -> Summary:
     progress = Progress(len(todo), "pseudo-label", config.progress, every=config.log_every,
                         enabled=d.rank == 0, noun="images", unit="img")
     t0 = time.perf_counter()
-    dataset = ImageRecords(config.images, todo, ctx.size, keep_original=ctx.label_crf)
+    dataset = ImageRecords(config.images, todo, ctx.size, keep_original=ctx.label_crf or config.multiscale)
     loader = torch.utils.data.DataLoader(
         dataset, batch_sampler=batches, num_workers=config.workers,
         collate_fn=as_list, persistent_workers=False, prefetch_factor=2 if config.workers else None)
@@ -280,7 +280,8 @@ def _summary(ctx: RunContext, parts: list[dict[str, Any]], threads: int) -> Summ
         "model_name": getattr(ctx.model, "name", None),
         "labels": None if config.labels is None else str(config.labels),
         "batch_size": config.batch_size, "size": ctx.size, "threshold": ctx.threshold, "crf": config.crf,
-        "format": config.format, "workers": config.workers, "device": str(ctx.device),
+        "format": config.format, "scales": list(config.scales) if config.scales else None,
+        "flip": config.flip if config.multiscale else None, "workers": config.workers, "device": str(ctx.device),
         "threads_per_process": threads, "world_size": ctx.dist.world_size,
     }
     return summary
@@ -324,6 +325,10 @@ def _process_batch(ctx: RunContext, ok: list[dict[str, Any]], writer: Writer) ->
 
     With labels, every image's classes come from ONE call of the method (a list of classes
     per image: one forward, one backward per round of classes)."""
+    if ctx.config.multiscale:
+        for r in ok:
+            _process_multiscale(ctx, r, writer)
+        return
     x = torch.stack([r["image"] for r in ok]).to(device=ctx.device, dtype=torch.float32).div_(255)
     xin = ctx.model.preprocess(x)
     target = None if ctx.labels is None else [list(ctx.labels[r["rel"]]) for r in ok]
@@ -339,6 +344,30 @@ def _process_batch(ctx: RunContext, ok: list[dict[str, Any]], writer: Writer) ->
         H, W = r["size"]
         full = F.interpolate(own[None], size=(H, W), mode="bilinear", align_corners=False)[0].clamp_(0, 1)
         writer.put((r, full, classes))
+
+
+def _process_multiscale(ctx: RunContext, r: dict[str, Any], writer: Writer) -> None:
+    """IRN's recipe (:func:`camfast.methods.multiscale.multiscale`) on one image at its own
+    size: every class of the image in one call per scale; ``high_res`` is the map written
+    (``cam``, the stride-4 one, too with ``--format irn``)."""
+    from camfast.methods.multiscale import multiscale
+
+    config = ctx.config
+    x = torch.from_numpy(np.ascontiguousarray(r["original"])).permute(2, 0, 1)[None]
+    xin = ctx.model.preprocess(x.to(device=ctx.device, dtype=torch.float32).div_(255))
+    target = None if ctx.labels is None else [list(ctx.labels[r["rel"]])]
+    res = multiscale(ctx.method, ctx.model.model, xin, target, scales=config.scales, flip=config.flip)
+    if target is None:
+        high, cam, classes = res.high_res[:1], res.cam[:1], [int(res.targets[0])]
+    else:
+        high, cam, classes = res.high_res[0], res.cam[0], [int(k) for k in res.targets[0].tolist()]
+    high, cam = high.detach().float().cpu(), cam.detach().float().cpu()
+    H, W = r["size"]
+    if tuple(high.shape[-2:]) != (H, W):  # decoded reduced (a huge image): back to its size
+        high = F.interpolate(high[None], size=(H, W), mode="bilinear", align_corners=False)[0]
+        cam = F.interpolate(cam[None], size=(math.ceil(H / 4), math.ceil(W / 4)), mode="bilinear",
+                            align_corners=False)[0]
+    writer.put((r, high.clamp_(0, 1), classes, cam))
 
 
 def _write_error(r: dict[str, Any], error: OSError) -> str:
@@ -358,12 +387,15 @@ def _written(ctx: RunContext, item: tuple, error: BaseException | None, progress
     ctx.fail(r["rel"], _write_error(r, error), progress)
 
 
-def _write_image(ctx: RunContext, r: dict[str, Any], full: Tensor, classes: list[int]) -> None:
+def _write_image(ctx: RunContext, r: dict[str, Any], full: Tensor, classes: list[int],
+                 cam: Tensor | None = None) -> None:
     config = ctx.config
     multi = ctx.labels is not None
     paths = outputs.output_paths(config.out, r["rel"], classes if multi else None, config.format, ctx.with_label)
     arr = full.numpy()
-    if config.format == "npy":
+    if config.format == "irn":
+        outputs.write_irn(paths[0], np.asarray(classes, dtype=np.int64), cam.numpy(), arr)
+    elif config.format == "npy":
         outputs.write_npy(paths[0], arr if multi else arr[0])
     else:
         for k in range(len(classes) if multi else 1):
