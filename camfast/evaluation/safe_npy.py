@@ -5,8 +5,10 @@ CAM dicts, VOC's ``cls_labels.npy``) without running code from the file.
 back only with ``allow_pickle=True``, which unpickles ANY object: a crafted file runs
 whatever it names (``os.system``, ...). :func:`load_npy` reads the ``.npy`` header itself
 and unpickles with :class:`RestrictedUnpickler`, whose ``find_class`` admits only numpy's
-array reconstruction (``_reconstruct``, ``ndarray``, ``dtype``, ``scalar``) and the builtins
-``dict`` and ``int``; any other global (a function, a class) is refused with
+array reconstruction (``_reconstruct``, ``ndarray``, ``dtype``, ``scalar``), the builtins
+``dict`` and ``int``, and torch tensors (``torch._utils._rebuild_tensor_v2`` on a storage
+read by ``torch.load(weights_only=True)``, ``collections.OrderedDict`` for their hooks: IRN
+saves ``keys`` and ``cam`` as tensors); any other global (a function, a class) is refused with
 :class:`UnsafeFile` naming the file and the global. Plain numeric ``.npy`` files are read
 with ``np.load(allow_pickle=False)``.
 """
@@ -28,7 +30,20 @@ ALLOWED_GLOBALS = frozenset({
     ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
     ("numpy", "ndarray"), ("numpy", "dtype"),
     ("builtins", "dict"), ("builtins", "int"),
+    # torch tensors (IRN's make_cam.py saves "keys" and "cam" as tensors): rebuilt from their
+    # storage, which is read by torch.load(weights_only=True) (_safe_storage), never by pickle
+    ("torch._utils", "_rebuild_tensor_v2"), ("collections", "OrderedDict"), ("torch.storage", "_load_from_bytes"),
 })
+
+
+def _safe_storage(data: bytes) -> Any:
+    """``torch.storage._load_from_bytes`` with ``weights_only=True`` on the CPU: a tensor's
+    storage as torch's own restricted loader reads it."""
+    import io
+
+    import torch
+
+    return torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
 
 
 class UnsafeFile(ValueError):
@@ -44,6 +59,8 @@ class RestrictedUnpickler(pickle.Unpickler):
         self.name = name
 
     def find_class(self, module: str, name: str) -> Any:
+        if (module, name) == ("torch.storage", "_load_from_bytes"):
+            return _safe_storage
         if (module, name) in ALLOWED_GLOBALS:
             return super().find_class(module, name)
         raise UnsafeFile(f"{self.name}: refused to load: its pickle names {module}.{name}, which could run code "
