@@ -63,6 +63,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=0, help="loader processes for the end-to-end run (default 0: on 2 "
                    "cores a decoding process competes with the model's threads)")
     p.add_argument("--pipeline-repeat", type=int, default=None, help="end-to-end runs (default 3; 1 with --quick)")
+    p.add_argument("--classes", type=int, default=0, metavar="K",
+                   help="--labels with K classes per image (issue 12: 2): the in-memory call is then zoom_cam with "
+                   "K classes per image in one call, the command gets a labels file (default 0: top class)")
     p.add_argument("--quick", action="store_true", help="small sizes, few repeats: a smoke test; implies --no-write")
     p.add_argument("--no-write", action="store_true", help="print only; leave the results files alone")
     p.add_argument("--results-dir", type=Path, default=harness.RESULTS_DIR, help="default: benchmarks/results")
@@ -77,8 +80,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name in ("batch", "size", "repeat", "images", "pipeline_repeat"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be positive")
-    if args.workers < 0 or args.warmup < 0:
-        p.error("--workers and --warmup must be >= 0")
+    if args.workers < 0 or args.warmup < 0 or args.classes < 0:
+        p.error("--workers, --warmup and --classes must be >= 0")
     return args
 
 
@@ -146,8 +149,10 @@ def pipeline(folder: Path, out: Path, args: argparse.Namespace, spec: Any,
     rates = []
     summary = None
     for r in range(args.pipeline_repeat):
-        config = PseudoLabelConfig(images=folder, out=out, batch_size=args.batch, size=args.size,
-                                   threshold=0.5, workers=args.workers, overwrite=True, progress="none")
+        labels = folder.parent / "labels.txt" if args.classes else None
+        config = PseudoLabelConfig(images=folder, out=out, batch_size=args.batch, size=args.size, labels=labels,
+                                   threshold=None if labels else 0.5, workers=args.workers, overwrite=True,
+                                   progress="none")
         t0 = time.perf_counter()
         summary = run_pseudo_label(config, model_spec=spec)
         wall = time.perf_counter() - t0
@@ -157,6 +162,11 @@ def pipeline(folder: Path, out: Path, args: argparse.Namespace, spec: Any,
         progress(f"end-to-end run {r + 1}/{args.pipeline_repeat}: {rates[-1]:.2f} images/s ({wall:.1f} s)")
     assert summary is not None
     return rates, {"written": summary.written, "images_per_s_in_loop": summary.images_per_s}
+
+
+def _classes_of(i: int, k: int) -> tuple[int, ...]:
+    """Image ``i``'s K classes (fixed, distinct)."""
+    return tuple(sorted({(37 * i + 101 * j) % 1000 for j in range(k)}))
 
 
 def check_cam(cam: torch.Tensor, batch: int, size: int) -> None:
@@ -177,7 +187,12 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     x = spec.preprocess(torch.rand(args.batch, 3, args.size, args.size, generator=gen))
     layers = camfast.find_layers(model)
     check_cam(camfast.zoom_cam(model, x, layers=layers), args.batch, args.size)  # check before timing
-    calls = {"limit": limit_call(model, x), "zoom_cam": lambda: camfast.zoom_cam(model, x, layers=layers)}
+    # with --classes K the zoom_cam row is K classes per image in ONE call (issue 12 item 1)
+    target = None
+    if args.classes:  # the same K classes per image as the labels file of the end-to-end run
+        target = [list(_classes_of(i, args.classes)) for i in range(args.batch)]
+    calls = {"limit": limit_call(model, x),
+             "zoom_cam": lambda: camfast.zoom_cam(model, x, target, layers=layers)}
     log(f"timing {', '.join(calls)}: batch {args.batch}, {args.size}x{args.size}, {len(layers)} layers")
     timings = alternate(calls, args.repeat, args.warmup, log)
     rows = []
@@ -194,6 +209,10 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         folder, out = Path(tmp) / "images", Path(tmp) / "out"
         log(f"writing {args.images} 500x375 JPEGs ...")
         make_jpegs(folder, args.images)
+        if args.classes:
+            rels = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.jpg"))
+            (folder.parent / "labels.txt").write_text("".join(
+                f"{rel} {' '.join(map(str, _classes_of(i, args.classes)))}\n" for i, rel in enumerate(rels)))
         rates, extra = pipeline(folder, out, args, spec, log)
     rows.append({"provider": "camfast pseudo-label", "images_per_s": float(np.median(rates)),
                  "runs_images_per_s": rates, "n": len(rates), **extra})
