@@ -261,14 +261,25 @@ def test_interrupted_run_leaves_no_partial_file_and_resumes(image_dir, tmp_path,
     assert not stale.exists()
 
 
+def test_labels_file_naming_an_unknown_image_is_an_error(image_dir, tmp_path, capsys):
+    """Issue 12: a text labels file naming an image that is not in the folder is a mistake:
+    exit 2 with FILE:LINE before anything is written."""
+    out, labels = tmp_path / "out", tmp_path / "labels.txt"
+    labels.write_text("top.jpg cat\n# a comment\nghost.jpg 1\nghost2.jpg 2\n")
+    assert run(base_args(image_dir, out, "--labels", labels)) == 2
+    err = capsys.readouterr().err
+    assert f"{labels}:3: 'ghost.jpg' is not an image under" in err and "2 listed images are not" in err
+    assert not (out / "heatmaps").exists() and not (out / "labels").exists()
+
+
 def test_labels_file_one_map_per_class(image_dir, tmp_path, capsys):
     out, out_npy = tmp_path / "out", tmp_path / "out-npy"
     labels = tmp_path / "labels.txt"
     listed = {"top.jpg": (0, 2), "a/one.png": (4,), "a/b/three.jpg": (1, 3), CORRUPT: (0,)}
-    labels.write_text("top.jpg cat car\na/one.png sky\na/b/three.jpg 1 tree\na/b/corrupt.jpg 0\nghost.jpg 1\n")
+    labels.write_text("top.jpg cat car\na/one.png sky\na/b/three.jpg 1 tree\na/b/corrupt.jpg 0\n")
     assert run(base_args(image_dir, out, "--labels", labels, "--batch-size", 2)) == 3
     err = capsys.readouterr().err
-    assert "4 image(s) have no line" in err and "1 image(s) listed in" in err and "ghost.jpg" in err
+    assert "4 image(s) have no line" in err
     s = summary(out)
     assert (s["written"], s["failed"], s["unlabelled"], s["settings"]["threshold"]) == (3, 1, 4, 0.15)
     for rel, classes in listed.items():

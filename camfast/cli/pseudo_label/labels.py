@@ -46,6 +46,15 @@ def _split(line: str) -> list[str]:
     return line.split()
 
 
+class LabelTable(dict):
+    """Image -> classes, remembering where each image was listed (``FILE:LINE`` for a text
+    file, empty for ``cls_labels.npy``) so that errors about an image can point at its line."""
+
+    def __init__(self, items=(), where: dict[str, str] | None = None) -> None:
+        super().__init__(items)
+        self.where = where or {}
+
+
 def parse_labels(path: str | os.PathLike, class_names: Sequence[str] | None = None,
                  num_classes: int | None = None) -> dict[str, tuple[int, ...]]:
     """Image-level classes, one line per image: ``relative/path.jpg cls1 cls2 ...``, or VOC's
@@ -73,7 +82,7 @@ def parse_labels(path: str | os.PathLike, class_names: Sequence[str] | None = No
         raise ValueError(f"labels: cannot read {str(path)!r}: {e}") from None
     if num_classes is None and class_names:
         num_classes = len(class_names)
-    out: dict[str, tuple[int, ...]] = {}
+    out = LabelTable()
     for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
@@ -98,6 +107,7 @@ def parse_labels(path: str | os.PathLike, class_names: Sequence[str] | None = No
                 raise ValueError(f"labels: {where}: class {tok!r} is not an index and the model has no class names")
             classes.add(k)
         out[rel] = tuple(sorted(classes))
+        out.where[rel] = where
     return out
 
 
@@ -121,7 +131,9 @@ def match_ids(labels: dict[str, tuple[int, ...]], images: Sequence[str]) -> dict
     an image whose path without its suffix is an id takes its classes; ids matching no
     image keep their key (reported as not under the image folder)."""
     by_stem = {os.path.splitext(rel)[0]: rel for rel in images}
-    return {by_stem.get(key, key): classes for key, classes in labels.items()}
+    where = getattr(labels, "where", {})
+    return LabelTable({by_stem.get(key, key): classes for key, classes in labels.items()},
+                      {by_stem.get(key, key): w for key, w in where.items()})
 
 
 def label_map(maps: Tensor | np.ndarray, classes: Sequence[int], threshold: float,

@@ -104,6 +104,15 @@ def _start(config: PseudoLabelConfig, d: distributed.Dist, device: torch.device,
         images = find_images(config.images, exclude=[config.out], skipped=skipped)
         if labels is not None and str(config.labels).lower().endswith(".npy"):
             labels = match_ids(labels, images)  # cls_labels.npy: keyed by image id
+        elif labels is not None:
+            # A text labels file is written for this folder: an image it names that is not
+            # there is a mistake (a typo, the wrong folder); cls_labels.npy covers all of VOC.
+            unknown = sorted(set(labels) - set(images) - set(skipped))
+            if unknown:
+                raise ValueError(f"labels: {labels.where.get(unknown[0], config.labels)}: {unknown[0]!r} is not an "
+                                 f"image under {config.images}" + (f" ({len(unknown)} listed images are not: "
+                                 f"{', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''})"
+                                 if len(unknown) > 1 else ""))
         method = registry.get(config.method)
         missing = method.missing()
         if missing:
@@ -190,7 +199,7 @@ def _plan(ctx: RunContext, images: list[str]) -> tuple[list[tuple[int, str]], li
 def _warn_labels(ctx: RunContext, images: list[str], unlabelled: list[str]) -> None:
     config = ctx.config
     if ctx.labels is not None and ctx.dist.rank == 0:
-        missing = sorted(set(ctx.labels) - set(images))
+        missing = sorted(set(ctx.labels) - set(images))  # only with cls_labels.npy (text labels: an error)
         if missing:
             shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
             print(f"camfast pseudo-label: warning: {len(missing)} image(s) listed in {config.labels} are not under "
