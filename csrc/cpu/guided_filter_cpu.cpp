@@ -158,21 +158,46 @@ void hbox(const A* pad, A* out, int64_t K, int64_t W, int64_t r) {
   }
 }
 
-// One image row of a [B, C, H, W] view as double, contiguous.
+// One image row of a [B, C, H, W] view as double, contiguous, minus `shift`.
 template <typename T>
-void load_row(const T* base, View4 v, int64_t b, int64_t c, int64_t y, int64_t W, double* dst) {
+void load_row(const T* base, View4 v, int64_t b, int64_t c, int64_t y, int64_t W, double* dst, double shift = 0.0) {
   const T* p = base + v.at(b, c, y, 0);
   if (v.sw == 1) {
-    for (int64_t x = 0; x < W; ++x) dst[x] = static_cast<double>(to_float(p[x]));
+    for (int64_t x = 0; x < W; ++x) dst[x] = static_cast<double>(to_float(p[x])) - shift;
   } else {
-    for (int64_t x = 0; x < W; ++x) dst[x] = static_cast<double>(to_float(p[x * v.sw]));
+    for (int64_t x = 0; x < W; ++x) dst[x] = static_cast<double>(to_float(p[x * v.sw])) - shift;
   }
+}
+
+// Mean (double) of each guide channel of each image, [B * G]: the kernel filters with the
+// centred guide I - mean. The filter is invariant to a constant shift of the guide (a is
+// unchanged, b absorbs a^T shift), but in the accumulator type (float for float32) the
+// products I I^T of a guide far from zero round to more than its local variance (guide
+// 100 + U(0,1): I^2 ~ 1e4 rounds by ~5e-4 against var ~ 0.08), and the var = E[I^2] - E[I]^2
+// cancellation then loses every digit.
+template <typename T>
+std::vector<double> guide_means(const GfProblem& p, const T* g, View4 sg) {
+  const int64_t n = p.B * p.G, H = p.H, W = p.W;
+  std::vector<double> mean(static_cast<size_t>(n));
+#pragma omp parallel for schedule(static) if (n > 1 && H * W * n > (1 << 16))
+  for (int64_t i = 0; i < n; ++i) {
+    std::vector<double> row(static_cast<size_t>(W));
+    double s = 0.0;
+    for (int64_t y = 0; y < H; ++y) {
+      load_row(g, sg, i / p.G, i % p.G, y, W, row.data());
+      double sr = 0.0;
+      for (int64_t x = 0; x < W; ++x) sr += row[x];
+      s += sr;
+    }
+    mean[i] = s / static_cast<double>(H * W);
+  }
+  return mean;
 }
 
 template <int G, typename T>
 void gf_stripe(const GfProblem& p, int64_t b, int64_t y0, int64_t y1, const T* g, View4 sg, const T* src, View4 ss,
                T* out, View4 so, const std::vector<double>& invh, const std::vector<double>& invw,
-               const std::vector<double>& cnth, const std::vector<double>& cntw) {
+               const std::vector<double>& cnth, const std::vector<double>& cntw, const double* shift) {
   using A = Acc<T>;
   constexpr int64_t nII = G * (G + 1) / 2;
   const int64_t C = p.C, H = p.H, W = p.W;
@@ -199,7 +224,7 @@ void gf_stripe(const GfProblem& p, int64_t b, int64_t y0, int64_t y1, const T* g
   auto produceA = [&](int64_t j, A* dst) {
     double* I = rows.data();
     double* pv = rows.data() + G * W;
-    for (int64_t k = 0; k < G; ++k) load_row(g, sg, b, k, j, W, I + k * W);
+    for (int64_t k = 0; k < G; ++k) load_row(g, sg, b, k, j, W, I + k * W, shift[k]);
     for (int64_t c = 0; c < C; ++c) load_row(src, ss, b, c, j, W, pv + c * W);
     if (p.adjoint) {
       for (int64_t c = 0; c < C; ++c)
@@ -274,13 +299,19 @@ void gf_stripe(const GfProblem& p, int64_t b, int64_t y0, int64_t y1, const T* g
         for (int64_t x = 0; x < W; ++x) {
           const double sc = sy * invw[x];
           const double mu0 = m0[x] * sc, mu1 = m1[x] * sc, mu2 = m2[x] * sc;
-          const double s00 = q00[x] * sc - mu0 * mu0 + eps, s01 = q01[x] * sc - mu0 * mu1,
-                       s02 = q02[x] * sc - mu0 * mu2, s11 = q11[x] * sc - mu1 * mu1 + eps,
-                       s12 = q12[x] * sc - mu1 * mu2, s22 = q22[x] * sc - mu2 * mu2 + eps;
+          const double t00 = q00[x] * sc - mu0 * mu0 + eps, t01 = q01[x] * sc - mu0 * mu1,
+                       t02 = q02[x] * sc - mu0 * mu2, t11 = q11[x] * sc - mu1 * mu1 + eps,
+                       t12 = q12[x] * sc - mu1 * mu2, t22 = q22[x] * sc - mu2 * mu2 + eps;
+          // Sigma + eps Id scaled by 1 / trace (entries <= 1 in magnitude): its adjugate and
+          // determinant cannot overflow for a huge eps or guide (eps = 1e300: no inf / inf)
+          const double tr = t00 + t11 + t22;
+          const double itr = tr > 0.0 ? 1.0 / tr : 1.0;
+          const double s00 = t00 * itr, s01 = t01 * itr, s02 = t02 * itr, s11 = t11 * itr, s12 = t12 * itr,
+                       s22 = t22 * itr;
           // adjugate of the symmetric matrix, then its determinant
           const double c00 = s11 * s22 - s12 * s12, c01 = s02 * s12 - s01 * s22, c02 = s01 * s12 - s02 * s11;
           const double c11 = s00 * s22 - s02 * s02, c12 = s01 * s02 - s00 * s12, c22 = s00 * s11 - s01 * s01;
-          const double idet = 1.0 / (s00 * c00 + s01 * c01 + s02 * c02);
+          const double idet = (1.0 / (s00 * c00 + s01 * c01 + s02 * c02)) * itr;
           const double pm = pc[x] * sc;
           const double v0 = ip0[x] * sc - mu0 * pm, v1 = ip1[x] * sc - mu1 * pm, v2 = ip2[x] * sc - mu2 * pm;
           const double a0 = (c00 * v0 + c01 * v1 + c02 * v2) * idet;
@@ -303,15 +334,26 @@ void gf_stripe(const GfProblem& p, int64_t b, int64_t y0, int64_t y1, const T* g
     const double* m = vB.at<A>(y, getB);
     const double sy = invh[y];
     if (p.coeffs_out) {
+      // mean(b) for the guide as given: mean(b') - mean(a)^T shift (b' of the centred guide)
       for (int64_t q = 0; q < K2; ++q) {
         T* o = out + so.at(b, q, y, 0);
         const double* mq = m + q * W;
-        for (int64_t x = 0; x < W; ++x) o[x * so.sw] = store_double<T>(mq[x] * sy * invw[x]);
+        const int64_t k = q % (G + 1);
+        if (k < G) {
+          for (int64_t x = 0; x < W; ++x) o[x * so.sw] = store_double<T>(mq[x] * sy * invw[x]);
+        } else {
+          const double* ma = mq - G * W;
+          for (int64_t x = 0; x < W; ++x) {
+            double v = mq[x];
+            for (int64_t i = 0; i < G; ++i) v -= static_cast<double>(ma[i * W + x]) * shift[i];
+            o[x * so.sw] = store_double<T>(v * sy * invw[x]);
+          }
+        }
       }
       continue;
     }
     double* I = rows.data();
-    for (int64_t k = 0; k < G; ++k) load_row(g, sg, b, k, y, W, I + k * W);
+    for (int64_t k = 0; k < G; ++k) load_row(g, sg, b, k, y, W, I + k * W, shift[k]);
     for (int64_t c = 0; c < C; ++c) {
       const double* mc = m + (G + 1) * c * W;
       double* q = qrow.data();
@@ -349,14 +391,15 @@ void gf_typed(const GfProblem& p, const T* g, View4 sg, const T* src, View4 ss, 
   int64_t S = p.B >= nt ? 1 : (nt + p.B - 1) / p.B;
   S = std::max<int64_t>(1, std::min(S, H / std::max<int64_t>(16, 4 * r)));
   const int64_t items = p.B * S;
+  const std::vector<double> shift = guide_means(p, g, sg);
 #pragma omp parallel for schedule(dynamic, 1) if (items > 1)
   for (int64_t it = 0; it < items; ++it) {
     const int64_t b = it / S, s = it % S;
     const int64_t y0 = H * s / S, y1 = H * (s + 1) / S;
     if (p.G == 1)
-      gf_stripe<1, T>(p, b, y0, y1, g, sg, src, ss, out, so, invh, invw, cnth, cntw);
+      gf_stripe<1, T>(p, b, y0, y1, g, sg, src, ss, out, so, invh, invw, cnth, cntw, shift.data() + b * p.G);
     else
-      gf_stripe<3, T>(p, b, y0, y1, g, sg, src, ss, out, so, invh, invw, cnth, cntw);
+      gf_stripe<3, T>(p, b, y0, y1, g, sg, src, ss, out, so, invh, invw, cnth, cntw, shift.data() + b * p.G);
   }
 }
 

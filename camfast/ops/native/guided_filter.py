@@ -43,7 +43,10 @@ def forward(guide: Tensor, src: Tensor, radius: int, eps: float, subsample: int,
     size = ref.low_res_size(H, W, subsample)
     # the resizing and the final combination run in the accumulator dtype (float32; float64)
     acc = torch.float64 if src.dtype == torch.float64 else torch.float32
-    guide, src = guide.to(acc), src.to(acc)
+    # the guide centred per image and channel (the filter is invariant to that shift): the
+    # final mean(a)^T I + mean(b) then does not cancel a large offset in float32
+    guide = (guide.double() - guide.double().mean((2, 3), keepdim=True)).to(acc)
+    src = src.to(acc)
     gs = F.interpolate(guide, size=size, mode="bilinear", align_corners=False)
     ps = F.interpolate(src, size=size, mode="bilinear", align_corners=False)
     coeffs = _kernel(gs, ps, ref.low_res_radius(radius, subsample), eps, border, False, True)
