@@ -293,6 +293,8 @@ def test_interrupt_exits_130_and_writes_the_summary(tmp_path):
     images = _folder(tmp_path / "in", 4)
     out = tmp_path / "out"
     code = ("import signal, sys, os\n"  # a real SIGINT, sent to the process mid-run
+            # as in a terminal, even when this test runs as a background job (SIGINT ignored)
+            "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
             "from camfast.utils import io\n"
             "real, n = io.atomic_write, [0]\n"
             "def write(*a, **k):\n"
