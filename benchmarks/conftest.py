@@ -1,10 +1,11 @@
 """pytest-benchmark driver for the cases in ``benchmarks/cases/`` (independent of ``tests/``).
 
-A benchmark module names its op, ``BENCH_OP = "<op>"``, and defines tests taking the
-``bench`` fixture plus, for per-provider tests, ``bench_case`` and ``bench_provider``, which
-:func:`pytest_generate_tests` parametrizes over the op's cases and providers (providers that
-cannot run here are collected as skipped, with the reason). Every test checks correctness
-against the float64 reference before it times anything.
+Benchmark tests take the ``bench`` fixture (the op's cases and configuration) plus, for
+per-provider tests, ``bench_case`` and ``bench_provider``. :func:`pytest_generate_tests`
+parametrizes them over every op with a case module (``bench_op``; ``test_bench_ops.py``) and
+over each op's cases and providers (providers that cannot run here are collected as skipped,
+with the reason). Every test checks correctness against the float64 reference before it
+times anything.
 
 Configuration comes from the environment (see ``harness.env_config``):
 ``CAMFAST_BENCH_SHAPE=32,256,56,56``, ``CAMFAST_BENCH_DTYPE=float32``,
@@ -75,29 +76,26 @@ def _bench(op: str) -> Bench:
     return Bench(op)
 
 
-def _op(module: Any) -> str:
-    op = getattr(module, "BENCH_OP", None)
-    if op is None:
-        raise pytest.UsageError(f"{module.__name__} must set BENCH_OP to the op it benchmarks")
-    return op
-
-
-@pytest.fixture(scope="module")
-def bench(request: pytest.FixtureRequest) -> Bench:
-    return _bench(_op(request.module))
+@pytest.fixture
+def bench(bench_op: str) -> Bench:
+    return _bench(bench_op)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if not {"bench_case", "bench_provider"} <= set(metafunc.fixturenames):
+    if "bench_op" not in metafunc.fixturenames:
         return
-    b = _bench(_op(metafunc.module))
+    if not {"bench_case", "bench_provider"} <= set(metafunc.fixturenames):
+        metafunc.parametrize("bench_op", case_modules.available())
+        return
     params = []
-    for case in b.cases:
-        _, skipped = harness.runnable_providers(case, b.config.device)
-        for provider in case.providers:
-            marks = [pytest.mark.skip(reason=skipped[provider])] if provider in skipped else []
-            params.append(pytest.param(case, provider, id=f"{case.name}-{provider}", marks=marks))
-    metafunc.parametrize(("bench_case", "bench_provider"), params)
+    for op in case_modules.available():
+        b = _bench(op)
+        for case in b.cases:
+            _, skipped = harness.runnable_providers(case, b.config.device)
+            for provider in case.providers:
+                marks = [pytest.mark.skip(reason=skipped[provider])] if provider in skipped else []
+                params.append(pytest.param(op, case, provider, id=f"{op}-{case.name}-{provider}", marks=marks))
+    metafunc.parametrize(("bench_op", "bench_case", "bench_provider"), params)
 
 
 def pytest_report_header(config: pytest.Config) -> str:

@@ -31,10 +31,9 @@ import camfast  # noqa: E402  (after TRITON_INTERPRET)
 from camfast import _ext  # noqa: E402
 from camfast.ops import _backend  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-REQUIRE_NATIVE = os.environ.get("CAMFAST_REQUIRE_NATIVE") == "1"
+from helpers import DTYPES, REQUIRE_NATIVE, require_backend  # noqa: E402
 
-from helpers import DTYPES  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def pytest_sessionstart(session):
@@ -88,11 +87,7 @@ def device(request) -> torch.device:
 def backend(request, device) -> str:
     """Every backend on every device; runs the test inside ``use_backend(name)``."""
     name = request.param
-    reason = _backend.unavailable_reason(name, device)
-    if reason is not None:
-        if name == "native" and REQUIRE_NATIVE:
-            pytest.fail(f"native backend required but unavailable on {device}: {reason}")
-        pytest.skip(reason)
+    require_backend(name, device)
     with camfast.ops.use_backend(name):
         yield name
 

@@ -1,8 +1,18 @@
-"""Test helpers shared by every op's tests: the tolerance table, comparisons, layouts."""
+"""Test helpers shared by every op's tests: the tolerance table, comparisons, layouts, and
+the backend guard."""
 
 from __future__ import annotations
 
+import os
+
+import pytest
 import torch
+
+from camfast.ops import _backend
+
+# CAMFAST_REQUIRE_NATIVE=1 (scripts/test.sh, CI): a test needing the native backend fails
+# instead of skipping when it is unavailable.
+REQUIRE_NATIVE = os.environ.get("CAMFAST_REQUIRE_NATIVE") == "1"
 
 # One tolerance table for every op: (atol, rtol) per dtype, for a kernel against the
 # reference on outputs of order one. float32/float16/bfloat16 accumulate in float32.
@@ -52,3 +62,14 @@ def make_layout(x: torch.Tensor, layout: str) -> torch.Tensor:
 
 
 LAYOUTS = ["contiguous", "channels_last", "strided", "transposed"]
+
+
+def require_backend(name: str, device: torch.device) -> None:
+    """Skip the test unless backend ``name`` runs on ``device`` (fail instead for the native
+    backend under ``CAMFAST_REQUIRE_NATIVE=1``)."""
+    reason = _backend.unavailable_reason(name, device)
+    if reason is None:
+        return
+    if name == "native" and REQUIRE_NATIVE:
+        pytest.fail(f"native backend required but unavailable on {device}: {reason}")
+    pytest.skip(reason)

@@ -110,5 +110,5 @@ def test_native_build_matches_sources():
         pytest.skip("camfast._C not loaded")
     from pathlib import Path
 
-    csrc = Path(__file__).resolve().parents[1] / "csrc"
+    csrc = Path(__file__).resolve().parents[2] / "csrc"
     assert _ext.native.source_hash() == _ext.source_hash(csrc)

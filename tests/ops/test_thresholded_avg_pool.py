@@ -1,90 +1,27 @@
-"""camfast::thresholded_avg_pool2d on every backend against the pure-PyTorch reference, and
-the camfast.nn module and converter built on it."""
+"""camfast::thresholded_avg_pool2d: what the op contract (test_op_contract.py) does not
+cover: a large plane, hand-computed values, the strict threshold, channels that keep nothing,
+non-finite channels, determinism, the compiled module's raw-argument checks, the tolerance's
+power to catch a non-strict threshold; and the camfast.nn module and converter built on it."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from helpers import LAYOUTS, TOLERANCES, assert_close, make_layout
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from helpers import TOLERANCES, assert_close
 from models import mobilenet_like, plain_cnn, resnet_like, seeded, vgg_like
+from ops.op_specs import THRESHOLDED_AVG_POOL2D, check_against_reference
+from ops.op_specs import tap_input as make_input
 from torch import nn
 
 import camfast
 from camfast.ops import thresholded_avg_pool2d as tap
-from camfast.ops import use_backend
 from camfast.ops.reference import thresholded_avg_pool2d as ref
-
-ODD_SHAPES = [(3, 37, 5, 9), (1, 1, 1, 1), (1, 5, 1, 1), (2, 1, 7, 3), (1, 16, 1, 13), (4, 3, 9, 1)]
-THETAS = [0.0, 0.1, 0.5, 1.0]
-
-
-def make_input(shape, dtype, device, seed=0):
-    """Post-ReLU-like features with some negatives: N(0.3, 1)."""
-    gen = torch.Generator().manual_seed(seed)
-    return (torch.randn(shape, generator=gen, dtype=torch.float64) + 0.3).to(device=device, dtype=dtype)
-
-
-def expected_with_grad(x, theta, grad_out):
-    """Reference forward, and the gradient autograd derives from it (not ref.backward)."""
-    x = x.detach().clone().requires_grad_(True)
-    out = ref.forward(x, theta)[0]
-    (dx,) = torch.autograd.grad(out, (x,), grad_out)
-    return out.detach(), dx
-
-
-def check_against_reference(x, theta, dtype, seed=1):
-    x = x.detach().requires_grad_(True)
-    out = tap(x, theta)
-    gen = torch.Generator().manual_seed(seed)
-    grad_out = torch.randn(out.shape, generator=gen).to(device=out.device, dtype=out.dtype)
-    (dx,) = torch.autograd.grad(out, (x,), grad_out)
-    exp_out, exp_dx = expected_with_grad(x, theta, grad_out)
-    assert_close(out, exp_out, dtype, f"theta={theta} forward")
-    assert_close(dx, exp_dx, dtype, f"theta={theta} d/dx")
-    return out, dx
-
-
-@pytest.mark.parametrize("shape", ODD_SHAPES, ids=lambda s: "x".join(map(str, s)))
-def test_matches_reference(backend, device, dtype, shape):
-    check_against_reference(make_input(shape, dtype, device), 0.1, dtype)
-
-
-@pytest.mark.parametrize("theta", THETAS)
-def test_thetas(backend, device, theta):
-    check_against_reference(make_input((3, 37, 5, 9), torch.float32, device), theta, torch.float32)
-
-
-@pytest.mark.parametrize("layout", LAYOUTS)
-def test_layouts(backend, device, layout):
-    x = make_layout(make_input((2, 70, 6, 7), torch.float32, device), layout)  # > one 64-channel block
-    _, dx = check_against_reference(x, 0.1, torch.float32)
-    if layout == "channels_last":
-        assert dx.is_contiguous(memory_format=torch.channels_last)
-
-
-def test_half_channels_last_and_strided(backend, device):
-    for dtype, layout in ((torch.float16, "channels_last"), (torch.bfloat16, "strided")):
-        check_against_reference(make_layout(make_input((2, 11, 5, 6), dtype, device), layout), 0.2, dtype)
 
 
 def test_large_plane(backend, device):
     # H*W = 1551: several Triton blocks per plane
-    check_against_reference(make_input((2, 5, 33, 47), torch.float32, device), 0.1, torch.float32)
-
-
-def test_gradcheck_float64(backend, device):
-    x = make_input((1, 2, 3, 4), torch.float64, device, seed=3).requires_grad_(True)
-    assert torch.autograd.gradcheck(lambda t: tap(t, 0.1), (x,), eps=1e-6, atol=1e-8)
-
-
-def test_reference_backward_matches_autograd(device, dtype):
-    x = make_input((2, 7, 4, 3), dtype, device, seed=5)
-    out, tau, count = ref.forward(x, 0.3)
-    grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(2)).to(out)
-    _, exp_dx = expected_with_grad(x, 0.3, grad_out)
-    assert_close(ref.backward(grad_out, x, tau, count), exp_dx, dtype, "reference d/dx")
+    check_against_reference(THRESHOLDED_AVG_POOL2D, (make_input((2, 5, 33, 47), torch.float32, device), 0.1),
+                            torch.float32)
 
 
 # ---------------------------------------------------------------- hand-computed values, edge cases
@@ -176,28 +113,10 @@ def test_no_grad_and_requires_grad(backend, device):
 # ---------------------------------------------------------------- bad input
 @pytest.mark.parametrize("theta,exc", [(-0.1, ValueError), (1.5, ValueError), (float("nan"), ValueError),
                                        (True, TypeError), ("0.1", TypeError), (None, TypeError)])
-def test_bad_theta(theta, exc):
-    with pytest.raises(exc, match="theta"):
-        tap(torch.rand(1, 2, 3, 3), theta)
-    with pytest.raises(exc, match="theta"):
+def test_module_rejects_bad_theta(theta, exc):
+    """The function's checks are the op contract's (op_specs); the module checks at construction."""
+    with pytest.raises(exc, match="theta must be a float in"):
         camfast.nn.ThresholdedAvgPool2d(theta)
-
-
-@pytest.mark.parametrize("x,exc", [
-    (torch.rand(2, 3, 4), ValueError), (torch.rand(1, 2, 3, 3, 1), ValueError), (torch.rand(0, 2, 3, 3), ValueError),
-    (torch.ones(1, 2, 3, 3, dtype=torch.int64), TypeError), ([[1.0]], TypeError),
-    (torch.ones(1, 2, 3, 3, dtype=torch.complex64), TypeError),
-])
-def test_bad_x(x, exc):
-    with pytest.raises(exc, match="x"):
-        tap(x, 0.1)
-
-
-def test_direct_op_call_is_validated():
-    with pytest.raises(ValueError, match="theta"):
-        torch.ops.camfast.thresholded_avg_pool2d(torch.rand(1, 2, 3, 3), 2.0)
-    with pytest.raises(ValueError, match="x"):
-        torch.ops.camfast.thresholded_avg_pool2d(torch.rand(2, 3, 3), 0.1)
 
 
 def test_native_binding_rejects_bad_raw_args():
@@ -211,68 +130,6 @@ def test_native_binding_rejects_bad_raw_args():
     with pytest.raises(ValueError, match="null"):
         camfast._ext.native.thresholded_avg_pool2d_forward(0, 0, 0, (1, 2, 3, 3), 0, x.stride(), 0.1,
                                                            o.data_ptr(), o.data_ptr(), o.data_ptr(), 0)
-
-
-# ---------------------------------------------------------------- torch.library integration
-def test_opcheck(backend, device):
-    x = make_input((2, 5, 3, 4), torch.float32, device)
-    for sample in (x.clone().requires_grad_(True), make_layout(x, "channels_last").requires_grad_(True),
-                   make_layout(x, "strided")):
-        torch.library.opcheck(torch.ops.camfast.thresholded_avg_pool2d.default, (sample, 0.1))
-    _, tau, count = ref.forward(x, 0.1)
-    torch.library.opcheck(torch.ops.camfast.thresholded_avg_pool2d_backward.default,
-                          (torch.randn(2, 5, device=device), x, tau, count))
-
-
-@pytest.mark.slow
-def test_torch_compile_fullgraph_matches_eager(backend, device):
-    if backend == "triton" and device.type == "cpu":
-        pytest.skip("inductor on CPU with the Triton interpreter adds nothing over the native run")
-
-    def loss_fn(x, w):
-        pooled = tap(torch.relu(x) * 2.0, 0.1)
-        return (pooled @ w).square().mean(), pooled
-
-    compiled = torch.compile(loss_fn, fullgraph=True)
-    x = make_input((2, 6, 5, 7), torch.float32, device)
-    w = torch.randn(6, 3, device=device)
-    results = []
-    for fn in (loss_fn, compiled):
-        xx = x.clone().requires_grad_(True)
-        loss, pooled = fn(xx, w)
-        loss.backward()
-        results.append((loss.detach(), pooled.detach(), xx.grad))
-    for eager, comp, what in zip(results[0], results[1], ("loss", "pooled", "d/dx")):
-        assert_close(comp, eager, torch.float32, f"compiled {what}")
-
-
-# ---------------------------------------------------------------- property-based
-@settings(max_examples=40, deadline=None)
-@given(
-    B=st.integers(1, 3), C=st.integers(1, 80), H=st.integers(1, 12), W=st.integers(1, 12),
-    theta=st.sampled_from([0.0, 0.05, 0.1, 0.5, 1.0]), layout=st.sampled_from(LAYOUTS),
-    dtype=st.sampled_from([torch.float32, torch.float64, torch.bfloat16]), seed=st.integers(0, 2**16),
-)
-def test_random_shapes_native(B, C, H, W, theta, layout, dtype, seed):
-    if camfast.ops.available_backends("cpu")[0] != "native":
-        pytest.skip("camfast._C not loaded")
-    x = make_input((B, C, H, W), dtype, "cpu", seed)
-    with use_backend("native"):
-        check_against_reference(make_layout(x, layout), theta, dtype, seed)
-
-
-@settings(max_examples=10, deadline=None)
-@given(
-    B=st.integers(1, 2), C=st.integers(1, 9), H=st.integers(1, 9), W=st.integers(1, 9),
-    theta=st.sampled_from([0.0, 0.1, 0.5]), layout=st.sampled_from(LAYOUTS), seed=st.integers(0, 2**16),
-)
-def test_random_shapes_triton(B, C, H, W, theta, layout, seed):
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    if "triton" not in camfast.ops.available_backends(device):
-        pytest.skip("triton not available")
-    x = make_input((B, C, H, W), torch.float32, device, seed)
-    with use_backend("triton"):
-        check_against_reference(make_layout(x, layout), theta, torch.float32, seed)
 
 
 def test_tolerance_catches_a_non_strict_threshold():
