@@ -166,13 +166,15 @@ def standard_providers(op_call: Callable[..., Any], reference_fn: Callable[..., 
 
 
 def unavailable_reason(provider: str, device: torch.device) -> str | None:
-    """Why ``provider`` is skipped on ``device``, or None when it runs."""
-    if provider not in BACKEND_PROVIDERS:
+    """Why ``provider`` is skipped on ``device``, or None when it runs. A provider named
+    ``<backend>-<variant>`` (e.g. ``triton-gather``) needs that backend too."""
+    backend = provider.split("-")[0]
+    if backend not in BACKEND_PROVIDERS:
         return None
-    if provider == "triton" and device.type != "cuda":
+    if backend == "triton" and device.type != "cuda":
         return "Triton is benchmarked on CUDA only (the CPU interpreter is far too slow)"
-    if provider not in available_backends(device):
-        return f"camfast backend {provider!r} cannot run on {device.type}"
+    if backend not in available_backends(device):
+        return f"camfast backend {backend!r} cannot run on {device.type}"
     return None
 
 

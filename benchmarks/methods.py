@@ -2,9 +2,10 @@
 
 Usage:
     python benchmarks/methods.py [--models resnet50,vgg16] [--batch 8] [--size 224]
-        [--providers limit,zoom_cam,...] [--repeat N] [--warmup N] [--quick] [--no-write]
+        [--providers limit,zoom_cam,...] [--repeat N] [--warmup N] [--device cpu|cuda] [--quick] [--no-write]
 
-For each model (torchvision, random weights, eval mode, float32 on the CPU) every provider
+For each model (torchvision, random weights, eval mode, float32 on the CPU, or on the GPU
+with ``--device cuda``) every provider
 runs in a fresh Python process: build the model and the input, then (peak-memory window
 opened here) one checked call, the warm-up calls and ``--repeat`` timed calls. It reports
 the median and p20/p80 milliseconds per call and the peak resident memory the calls added
@@ -27,13 +28,16 @@ above the post-setup RSS, each also as a ratio to the limit:
 Peak memory: the calls' high-water mark of resident memory (``VmHWM`` in
 ``/proc/self/status``, reset after setup by writing 5 to ``/proc/self/clear_refs``) minus
 the RSS after setup, in a process that ran nothing else. Where the reset is not allowed,
-``ru_maxrss`` is used and the figure is a lower bound (flagged). ``--quick`` runs every
-provider of a model in one process (memory then only indicative).
+``ru_maxrss`` is used and the figure is a lower bound (flagged). On CUDA the times come from
+CUDA events and the peak is ``torch.cuda.max_memory_allocated`` above what was allocated
+after setup. ``--quick`` runs every provider of a model in one process (memory then only
+indicative).
 
 Prints a table per model and PASS/MISS for the targets (``TARGETS``: zoom_cam time and
 peak memory as ratios to the limit), never failing on a MISS. Unless ``--no-write``
-(implied by ``--quick``), merges the rows into ``benchmarks/results/methods-cpu.json``
-and rewrites ``methods-cpu.md``, stamped like the op benchmarks (``harness.stamp``).
+(implied by ``--quick``), merges the rows into ``benchmarks/results/methods-<device>.json``
+and rewrites ``methods-<device>.md`` (``cpu`` or ``cuda``), stamped like the op benchmarks
+(``harness.stamp``).
 """
 
 from __future__ import annotations
@@ -199,10 +203,18 @@ def _status_kib() -> dict[str, int]:
 
 
 class PeakMemory:
-    """Resident-memory high-water mark above the RSS at construction, in MiB."""
+    """Resident-memory high-water mark above the RSS at construction, in MiB; on a CUDA
+    device the allocator's peak above what was allocated at construction."""
 
-    def __init__(self) -> None:
+    def __init__(self, device: torch.device = torch.device("cpu")) -> None:
         gc.collect()
+        self.device = device
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            self.method = "torch.cuda.max_memory_allocated above the allocation after setup"
+            self.base_kib = torch.cuda.memory_allocated(device) / 1024
+            return
         try:
             Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
             self.method = "VmHWM reset after setup"
@@ -212,6 +224,9 @@ class PeakMemory:
         self.base_kib = status.get("VmRSS", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 
     def peak_mb(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            return max(0.0, torch.cuda.max_memory_allocated(self.device) / 1024 - self.base_kib) / 1024
         peak = _status_kib().get("VmHWM") if self.method.startswith("VmHWM") else None
         if peak is None:
             peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
@@ -222,19 +237,20 @@ def run_worker(spec: Mapping[str, Any]) -> None:
     """Measure ``spec['providers']`` in order on one model in this process; one result line each."""
     import camfast
 
-    cpu = torch.device("cpu")
-    model = build_model(spec["model"])
-    x = harness.randn((spec["batch"], 3, spec["size"], spec["size"]), torch.float32, cpu, seed=1)
+    device = torch.device(spec.get("device", "cpu"))
+    model = build_model(spec["model"]).to(device)
+    x = harness.randn((spec["batch"], 3, spec["size"], spec["size"]), torch.float32, device, seed=1)
     layers = camfast.find_layers(model)
     for provider in spec["providers"]:
         fn = make_call(provider, model, x, layers)
         row: dict[str, Any] = {"provider": provider, "layers": 1 if PROVIDERS[provider].layers == "one" else len(layers)}
-        memory = PeakMemory()
+        memory = PeakMemory(device)
         row["memory_method"] = memory.method
         row["base_rss_mb"] = memory.base_kib / 1024
         try:
             t0 = time.perf_counter()
             out = fn()
+            harness.synchronize(device)
             first_s = time.perf_counter() - t0
             row["status"], row["output_shape"], row["message"] = check_output(out, spec["batch"])
             del out
@@ -245,7 +261,7 @@ def run_worker(spec: Mapping[str, Any]) -> None:
             if first_s > spec["max_call_s"]:
                 row["status"], row["message"] = "SLOW", f"first call took {first_s:.0f} s; not timed"
             else:
-                t = harness.measure(fn, (), cpu, spec["repeat"], max(0, spec["warmup"] - 1))
+                t = harness.measure(fn, (), device, spec["repeat"], max(0, spec["warmup"] - 1))
                 row.update(n=t.n, median_ms=t.median_ms, p20_ms=t.p20_ms, p80_ms=t.p80_ms, min_ms=t.min_ms)
         row["peak_mb"] = memory.peak_mb()
         model.zero_grad(set_to_none=True)  # pytorch-grad-cam leaves parameter grads behind
@@ -267,6 +283,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeat", type=int, help="timed calls per provider (default 10; 2 with --quick)")
     p.add_argument("--warmup", type=int, help="untimed calls first, the checked call included (default 2; 1 with --quick)")
     p.add_argument("--max-call-s", type=float, default=120.0, help="a provider whose first call takes longer is not timed")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the model runs (default cpu)")
     p.add_argument("--quick", action="store_true", help="small models and inputs, 2 repeats, one process per model: "
                    "a smoke test in seconds; implies --no-write")
     p.add_argument("--no-write", action="store_true", help="print only; leave the results files alone")
@@ -307,7 +324,7 @@ def spawn(spec: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 def measure_model(model: str, args: argparse.Namespace) -> list[dict[str, Any]]:
     spec = {"model": model, "batch": args.batch, "size": args.size, "repeat": args.repeat,
-            "warmup": args.warmup, "max_call_s": args.max_call_s}
+            "warmup": args.warmup, "max_call_s": args.max_call_s, "device": args.device}
     if args.quick:  # one process for all providers: seconds, but memory only indicative
         print(f"running {model}: {', '.join(args.providers)} ...", file=sys.stderr, flush=True)
         rows = spawn({**spec, "providers": args.providers})
@@ -318,10 +335,10 @@ def measure_model(model: str, args: argparse.Namespace) -> list[dict[str, Any]]:
         for provider in args.providers:
             print(f"running {model} {provider} ...", file=sys.stderr, flush=True)
             rows += spawn({**spec, "providers": [provider]})
-    cpu_name = harness.cpu_model()
+    device_name = torch.cuda.get_device_name() if args.device == "cuda" else harness.cpu_model()
     for r in rows:
         p = PROVIDERS[r["provider"]]
-        r.update(model=model, batch=args.batch, size=args.size, device="cpu", device_name=cpu_name,
+        r.update(model=model, batch=args.batch, size=args.size, device=args.device, device_name=device_name,
                  library=p.library, method=p.method, note=p.note)
     add_ratios(rows, peaks=not args.quick)
     return rows
@@ -390,10 +407,13 @@ def notes_text(rows: Sequence[Mapping[str, Any]]) -> str:
 
 def header_text(config: Mapping[str, Any], info: Mapping[str, Any]) -> str:
     return "\n".join([
-        f"CAM methods: batch {config['batch']}, {config['size']}x{config['size']} float32 on cpu "
+        f"CAM methods: batch {config['batch']}, {config['size']}x{config['size']} float32 "
+        f"on {config.get('device', 'cpu')} "
         f"({harness.machine_text(info['machine'])})",
         f"median of {config['repeat']} calls after {config['warmup']} warm-up (p20/p80 shown); peak memory = "
-        "resident high-water mark of the calls above the RSS after setup, one fresh process per provider"
+        + ("CUDA allocator peak of the calls above the allocation after setup" if config.get("device") == "cuda"
+           else "resident high-water mark of the calls above the RSS after setup")
+        + ", one fresh process per provider"
         + (" (--quick: one process per model)" if config.get("quick") else ""),
         "limit = forward (no-op forward hooks on every find_layers layer) + ONE torch.autograd.grad of the summed "
         "top-class logits to the input: camfast's gradient work without the CAM work; ratios use the lower of "
@@ -428,14 +448,15 @@ def row_key(row: Mapping[str, Any]) -> tuple:
 
 def write_results(rows: list[dict[str, Any]], config: dict[str, Any], info: dict[str, Any],
                   verdicts: list[dict[str, Any]], results_dir: Path) -> tuple[Path, Path]:
-    """Merge the rows into ``methods-cpu.json`` (same model, batch, size, provider and machine
-    replace earlier rows; runs left without rows are dropped) and rewrite the Markdown."""
+    """Merge the rows into ``methods-<device>.json`` (same model, batch, size, provider and
+    machine replace earlier rows; runs left without rows are dropped) and rewrite the Markdown."""
     results_dir.mkdir(parents=True, exist_ok=True)
-    json_path, md_path = harness.results_paths(OP, "cpu", results_dir)
+    device_type = config.get("device", "cpu")
+    json_path, md_path = harness.results_paths(OP, device_type, results_dir)
     run_id = f"{info['date']}-{os.getpid()}"
     with harness._locked(results_dir):
         data = json.loads(json_path.read_text()) if json_path.exists() else {
-            "op": OP, "device_type": "cpu", "runs": {}, "rows": []}
+            "op": OP, "device_type": device_type, "runs": {}, "rows": []}
         new = [{**r, "run": run_id} for r in rows]
         keys = {row_key(r) for r in new}
         data["rows"] = [r for r in data["rows"] if row_key(r) not in keys] + new
@@ -452,14 +473,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         run_worker(json.loads(args.worker))
         return 0
-    info = harness.stamp(torch.device("cpu"))
+    info = harness.stamp(torch.device(args.device))
     info["versions"].update({k: harness.dist_version(k) for k in ("torchvision", "grad-cam", "torchcam")})
     load = harness.OtherLoad()
     rows: list[dict[str, Any]] = []
     for model in args.models:
         rows += measure_model(model, args)
     info["machine"]["other_busy_cores"] = load.cores()
-    config = {"models": args.models, "batch": args.batch, "size": args.size, "dtype": "float32", "device": "cpu",
+    config = {"models": args.models, "batch": args.batch, "size": args.size, "dtype": "float32", "device": args.device,
               "repeat": args.repeat, "warmup": args.warmup, "quick": args.quick}
     if harness.busy(info["machine"]):
         harness.warn(f"other processes kept {info['machine']['other_busy_cores']:.2f} cores busy during the run: "

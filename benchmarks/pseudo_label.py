@@ -2,10 +2,11 @@
 
 Usage:
     python benchmarks/pseudo_label.py [--batch 16] [--size 224] [--repeat 7] [--images 64]
-        [--workers 0] [--quick] [--no-write]
+        [--workers 0] [--device cpu|cuda] [--quick] [--no-write]
 
 With the bundled EfficientNet-Lite0 (``camfast.models.load_model()``, ImageNet weights) in
-float32 on the CPU, on one fixed batch of images (``--batch`` x 3 x ``--size``^2):
+float32 on the CPU (or the GPU with ``--device cuda``, each call timed to its completion), on
+one fixed batch of images (``--batch`` x 3 x ``--size``^2):
 
 * ``model fwd+bwd`` (the limit): forward, then ONE ``torch.autograd.grad`` of the summed
   top-1 logits towards the input (no parameter gradient): what any gradient CAM must pay;
@@ -26,8 +27,8 @@ Pillow decoding and resizing (``--workers`` loader processes), the CAMs, upsampl
 atomically; images/s over ``--pipeline-repeat`` runs with ``--overwrite`` (median), also as
 a ratio to the limit. The folder and outputs live in a temporary directory.
 
-Writes ``benchmarks/results/pseudo_label-cpu.{json,md}`` (a run replaces an earlier one with
-the same batch, size and CPU), stamped like the other benchmarks (``harness.stamp``).
+Writes ``benchmarks/results/pseudo_label-<device>.{json,md}`` (a run replaces an earlier one
+with the same batch, size and CPU or GPU), stamped like the other benchmarks (``harness.stamp``).
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--classes", type=int, default=0, metavar="K",
                    help="--labels with K classes per image (issue 12: 2): the in-memory call is then zoom_cam with "
                    "K classes per image in one call, the command gets a labels file (default 0: top class)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the model runs (default cpu)")
     p.add_argument("--quick", action="store_true", help="small sizes, few repeats: a smoke test; implies --no-write")
     p.add_argument("--no-write", action="store_true", help="print only; leave the results files alone")
     p.add_argument("--results-dir", type=Path, default=harness.RESULTS_DIR, help="default: benchmarks/results")
@@ -100,13 +102,16 @@ def limit_call(model: torch.nn.Module, x: torch.Tensor) -> Callable[[], Any]:
 
 
 def alternate(calls: Mapping[str, Callable[[], Any]], repeat: int, warmup: int,
-              progress: Callable[[str], None]) -> dict[str, Any]:
-    """Time every call once per round, ``repeat`` rounds after ``warmup``; ms per call."""
+              progress: Callable[[str], None], device: torch.device = torch.device("cpu")) -> dict[str, Any]:
+    """Time every call once per round, ``repeat`` rounds after ``warmup``; ms per call (to
+    the call's completion on ``device``)."""
     samples: dict[str, list[float]] = {name: [] for name in calls}
     for r in range(warmup + repeat):
         for name, fn in calls.items():
+            harness.synchronize(device)
             t0 = time.perf_counter()
             fn()
+            harness.synchronize(device)
             dt = (time.perf_counter() - t0) * 1e3
             if r >= warmup:
                 samples[name].append(dt)
@@ -152,7 +157,7 @@ def pipeline(folder: Path, out: Path, args: argparse.Namespace, spec: Any,
         labels = folder.parent / "labels.txt" if args.classes else None
         config = PseudoLabelConfig(images=folder, out=out, batch_size=args.batch, size=args.size, labels=labels,
                                    threshold=None if labels else 0.5, workers=args.workers, overwrite=True,
-                                   progress="none")
+                                   progress="none", device=args.device)
         t0 = time.perf_counter()
         summary = run_pseudo_label(config, model_spec=spec)
         wall = time.perf_counter() - t0
@@ -181,10 +186,11 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     from camfast.models import load_model
 
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
-    spec = load_model()
+    device = torch.device(args.device)
+    spec = load_model(device=device)
     model = spec.model
     gen = torch.Generator().manual_seed(1)
-    x = spec.preprocess(torch.rand(args.batch, 3, args.size, args.size, generator=gen))
+    x = spec.preprocess(torch.rand(args.batch, 3, args.size, args.size, generator=gen).to(device))
     layers = camfast.find_layers(model)
     check_cam(camfast.zoom_cam(model, x, layers=layers), args.batch, args.size)  # check before timing
     # with --classes K the zoom_cam row is K classes per image in ONE call (issue 12 item 1)
@@ -194,7 +200,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     calls = {"limit": limit_call(model, x),
              "zoom_cam": lambda: camfast.zoom_cam(model, x, target, layers=layers)}
     log(f"timing {', '.join(calls)}: batch {args.batch}, {args.size}x{args.size}, {len(layers)} layers")
-    timings = alternate(calls, args.repeat, args.warmup, log)
+    timings = alternate(calls, args.repeat, args.warmup, log, device)
     rows = []
     for name, t in timings.items():
         rows.append({"provider": name, "median_ms": t.median_ms, "p20_ms": t.p20_ms, "p80_ms": t.p80_ms,
@@ -243,7 +249,8 @@ def table(rows: Sequence[Mapping[str, Any]]) -> str:
 def header(run: Mapping[str, Any]) -> str:
     c, info = run["config"], run["stamp"]
     return "\n".join([
-        f"{run['model']} ({run['layers']} layers), batch {c['batch']}, {c['size']}x{c['size']} float32 on cpu "
+        f"{run['model']} ({run['layers']} layers), batch {c['batch']}, {c['size']}x{c['size']} float32 "
+        f"on {c.get('device', 'cpu')} "
         f"({harness.machine_text(info['machine'])})",
         f"limit = forward + ONE autograd.grad of the summed top-1 logits to the input; limit and zoom_cam "
         f"alternate, median of {c['repeat']} rounds after {c['warmup']} warm-up",
@@ -255,8 +262,9 @@ def header(run: Mapping[str, Any]) -> str:
 
 
 def render_markdown(data: Mapping[str, Any]) -> str:
-    out = ["# camfast pseudo-label throughput (cpu)", "",
-           "Generated from `pseudo_label-cpu.json` by `benchmarks/pseudo_label.py`; do not edit.", ""]
+    device_type = data.get("device_type", "cpu")
+    out = [f"# camfast pseudo-label throughput ({device_type})", "",
+           f"Generated from `pseudo_label-{device_type}.json` by `benchmarks/pseudo_label.py`; do not edit.", ""]
     for run in sorted(data["runs"], key=lambda r: r["stamp"]["date"], reverse=True):
         out += ["## " + run["stamp"]["date"], "", "```text", header(run), "```", "", table(run["rows"]), "",
                 "```text", harness.targets_text(run["targets"]), "```", ""]
@@ -265,10 +273,12 @@ def render_markdown(data: Mapping[str, Any]) -> str:
 
 def write_results(run: dict[str, Any], results_dir: Path) -> tuple[Path, Path]:
     results_dir.mkdir(parents=True, exist_ok=True)
-    json_path, md_path = harness.results_paths(OP, "cpu", results_dir)
-    key = lambda r: (r["config"]["batch"], r["config"]["size"], r["stamp"]["machine"]["cpu"])  # noqa: E731
+    device_type = run["config"].get("device", "cpu")
+    json_path, md_path = harness.results_paths(OP, device_type, results_dir)
+    key = lambda r: (r["config"]["batch"], r["config"]["size"],  # noqa: E731
+                     r["stamp"]["machine"].get("gpu") or r["stamp"]["machine"]["cpu"])
     with harness._locked(results_dir):
-        data = json.loads(json_path.read_text()) if json_path.exists() else {"op": OP, "device_type": "cpu",
+        data = json.loads(json_path.read_text()) if json_path.exists() else {"op": OP, "device_type": device_type,
                                                                              "runs": []}
         data["runs"] = [r for r in data["runs"] if key(r) != key(run)] + [run]
         atomic_write(json_path, json.dumps(data, indent=1) + "\n", fsync=True)
@@ -278,12 +288,12 @@ def write_results(run: dict[str, Any], results_dir: Path) -> tuple[Path, Path]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    info = harness.stamp(torch.device("cpu"))
+    info = harness.stamp(torch.device(args.device))
     load = harness.OtherLoad()
     measured = measure(args)
     info["machine"]["other_busy_cores"] = load.cores()
     config = {k: getattr(args, k) for k in ("batch", "size", "repeat", "warmup", "images", "workers",
-                                            "pipeline_repeat", "quick")}
+                                            "pipeline_repeat", "quick", "device")}
     run = {"stamp": info, "config": config, **measured}
     run["targets"] = verdicts(run["rows"], args.batch, args.size)
     if harness.busy(info["machine"]):

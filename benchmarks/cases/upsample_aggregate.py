@@ -6,7 +6,9 @@ pyramid) fused into ``[B, S, S]``; the default ``(8, 5, 224)`` has maps of 7, 14
 
 Forward times ``camfast.ops.upsample_aggregate(maps, (S, S), reduce)``; backward times the
 backward op alone, ``torch.ops.camfast.upsample_aggregate_backward(dout, maps, ...)`` (the
-reference providers time ``reference.backward`` on the same arguments). Providers take the
+reference providers time ``reference.backward`` on the same arguments), and ``triton-gather``
+the Triton backend's deterministic gather backward (``deterministic=True``; the default
+``triton`` row scatters with atomics), to tell which should be the default on a GPU. Providers take the
 maps (and ``dout``) as separate tensors, so the harness's float64 check converts them all.
 
 With ``reduce="max"`` the gradient of a pixel goes to one layer; where two layers are within
@@ -112,6 +114,12 @@ def _backward_reference(grad_out, *maps, reduce):
     return reference.backward(grad_out, maps, reduce, "minmax")
 
 
+def _backward_triton_gather(grad_out, *maps, reduce):
+    from camfast.ops.triton import upsample_aggregate as triton_ua  # imports triton: only when it runs
+
+    return triton_ua.backward(grad_out, list(maps), reduce, "minmax", None, deterministic=True)
+
+
 _DIRECTIONS = {
     "forward": (forward_inputs, _forward_op, _forward_reference, forward_bytes),
     "backward": (backward_inputs, _backward_op, _backward_reference, backward_bytes),
@@ -125,11 +133,14 @@ def make_cases() -> list[Case]:
         for direction in DIRECTIONS:
             setup, op_call, reference_fn, bytes_moved = _DIRECTIONS[direction]
             ref = functools.partial(reference_fn, reduce=reduce)
+            providers = standard_providers(functools.partial(op_call, reduce=reduce), ref)
+            if direction == "backward":
+                providers["triton-gather"] = functools.partial(_backward_triton_gather, reduce=reduce)
             cases.append(Case(
                 op=OP,
                 name=f"{reduce}-{direction}",
                 setup=functools.partial(setup, reduce=reduce),
-                providers=standard_providers(functools.partial(op_call, reduce=reduce), ref),
+                providers=providers,
                 reference=ref,
                 bytes_moved=bytes_moved,
                 params={"mode": reduce, "direction": direction},

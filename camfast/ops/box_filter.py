@@ -31,7 +31,7 @@ def _forward_op(x: Tensor, radius: int) -> Tensor:
 @_forward_op.register_fake
 def _(x: Tensor, radius: int) -> Tensor:
     _check(x, radius)
-    return torch.empty_like(x)
+    return torch.empty_like(x, memory_format=torch.contiguous_format)  # every backend returns contiguous
 
 
 @torch.library.custom_op("camfast::box_filter_backward", mutates_args=())
@@ -44,7 +44,7 @@ def _backward_op(grad_out: Tensor, radius: int) -> Tensor:
 @_backward_op.register_fake
 def _(grad_out: Tensor, radius: int) -> Tensor:
     _check(grad_out, radius, "grad_out")
-    return torch.empty_like(grad_out)
+    return torch.empty_like(grad_out, memory_format=torch.contiguous_format)
 
 
 def _setup_context(ctx, inputs, output) -> None:

@@ -103,9 +103,13 @@ def guided_filter(guide: Tensor, src: Tensor, radius: int, eps: float, subsample
                        b = mean(p) - a^T mu
         q = mean(a)^T I + mean(b)
 
-    every channel of ``src`` filtered with the same guide. The native kernel is fused: the 3x3
-    system is solved per pixel in closed form (adjugate, in double) while the box sums stream
-    by, so no per-pixel matrix is stored; O(1) per pixel whatever the radius.
+    every channel of ``src`` filtered with the same guide; O(1) per pixel whatever the radius.
+    On CPU the default is the native C++ kernel, fused: the 3x3 system is solved per pixel in
+    closed form (adjugate, in double) while the box sums stream by, so no per-pixel matrix is
+    stored. On CUDA the default is the Triton backend's fused kernels (the products, their box
+    means, the closed-form solve and the final combination; no per-pixel matrix either), or
+    the reference when Triton is not installed: the native backend has no CUDA kernel for
+    this op (on CUDA it would run the reference's formulas).
 
     Args:
         guide: ``(B, 1, H, W)`` or ``(B, 3, H, W)``, the guidance image ``I``.
@@ -127,8 +131,9 @@ def guided_filter(guide: Tensor, src: Tensor, radius: int, eps: float, subsample
             (at the subsampled size).
 
     Returns:
-        ``(B, C, H, W)`` in ``src``'s dtype. The native kernel carries box sums in double,
-        stores them in float32 (float64 for float64) and solves in double.
+        ``(B, C, H, W)`` in ``src``'s dtype, contiguous. The native kernel carries box sums in
+        double, stores them in float32 (float64 for float64) and solves in double; the Triton
+        kernels compute in float32 (float64 for float64); the reference in float64.
 
         Differentiable in ``guide`` and ``src``. The gradient with respect to ``src`` is native
         for ``border="truncate"``, ``subsample=1``: the filter is linear in ``src`` and its

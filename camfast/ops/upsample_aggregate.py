@@ -145,6 +145,11 @@ def upsample_aggregate(
         attaining the maximum at each output pixel, the **first in list order on ties**;
         the min/max of the normalisation share their gradient evenly among tied pixels
         (as autograd of ``amin``/``amax`` does); a constant map gets a zero gradient.
+        On CUDA the backward adds with atomics by default, so its last bits may vary from
+        run to run; under ``torch.use_deterministic_algorithms(True)`` it runs the Triton
+        backend's gather backward (fixed order, bitwise reproducible), and a backward that
+        has none (native or reference on CUDA without Triton) raises ``RuntimeError``
+        (warns and runs with ``warn_only=True``).
 
     Raises:
         TypeError: ``maps`` not a list/tuple of tensors, an integer or complex dtype,

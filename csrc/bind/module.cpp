@@ -60,6 +60,16 @@ PYBIND11_MODULE(_C, m) {
           return problem.empty() ? std::nullopt : std::optional<std::string>(problem);
         },
         "None when has_cuda(); otherwise why the CUDA kernels cannot run here");
+  m.def(
+      "cuda_archs",
+      []() {
+#ifdef CAMFAST_CUDA_ARCHS
+        return std::string(CAMFAST_CUDA_ARCHS);
+#else
+        return std::string();
+#endif
+      },
+      "CMAKE_CUDA_ARCHITECTURES the CUDA kernels were built for, comma-separated (empty without CUDA)");
   m.def("openmp", []() {
 #ifdef _OPENMP
     return true;

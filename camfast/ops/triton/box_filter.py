@@ -5,7 +5,28 @@ Two kernels, as the native CUDA ones: ``_rows_kernel`` gives each program a bloc
 the block); ``_cols_kernel`` gives each program a block of (b, c, x) columns and carries the
 vertical running sums along y. Both O(1) per pixel whatever the radius; the horizontal sums
 go through an accumulator-dtype workspace. ``BACKWARD`` scales the input by 1 / N instead of
-the output (the adjoint, see ``camfast/ops/box_filter.py``).
+the output (the adjoint, see ``camfast/ops/box_filter.py``). Offsets are int64 (the strides
+and sizes are cast once, so ``i * stride`` cannot wrap past 2^31 elements).
+
+Performance plan (issue 14, item 11; not done: no GPU has measured these kernels yet, and
+a rewrite that only the interpreter has run would be a guess). The rows pass, here and in
+``csrc/cuda/box_filter_cuda.cu`` (``rows_kernel``: one thread per row), walks each row
+sequentially with neighbouring lanes on neighbouring *rows*: every warp load touches 32
+cache lines ``W`` elements apart (uncoalesced), and only ``B*C*H`` lanes exist (28672 for
+the benchmark's [8, 16, 224, 224], about a tenth of an H100's resident threads). Planned:
+
+1. rows pass as a prefix sum along ``x`` over ``[ROWS, BLOCK_W]`` tiles loaded along the row
+   (coalesced): ``tl.cumsum(tile, axis=1)`` plus the carry of the tiles to its left, written
+   to the workspace ``P`` (accumulator dtype); in CUDA a warp-shuffle scan over 32-column
+   chunks (or a shared-memory tile) with the same carry;
+2. columns pass as now (lanes on neighbouring columns: coalesced), reading the horizontal
+   window sums as ``P[y, min(x + r, W - 1)] - P[y, x - r - 1]`` (two coalesced, L2-resident
+   loads) for the rows entering and leaving the vertical window.
+
+Float32 prefix sums over long rows lose digits (why the reference works in float64): keep
+the tile-local scan in the accumulator dtype and carry the tile totals in float64, and check
+against ``tests`` (their tolerance table) and ``benchmarks/run.py box_filter --device cuda``
+(``scripts/gpu-check.sh``) before making it the default.
 """
 
 from __future__ import annotations
@@ -14,6 +35,8 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+
+from camfast.ops.triton._launch import flat_grid, on_input_device
 
 _BLOCK = 128
 
@@ -28,6 +51,7 @@ def _inv_count(i, n, r, ACC: tl.constexpr):
 @triton.jit
 def _rows_kernel(x_ptr, ws_ptr, NROWS, C, H, W, r, sb, sc, sh, sw,
                  BACKWARD: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
+    sw = tl.cast(sw, tl.int64)
     t = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     m = t < NROWS
     y = t % H
@@ -56,6 +80,8 @@ def _rows_kernel(x_ptr, ws_ptr, NROWS, C, H, W, r, sb, sc, sh, sw,
 @triton.jit
 def _cols_kernel(ws_ptr, out_ptr, NCOLS, C, H, W, r, sb, sc, sh, sw,
                  BACKWARD: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
+    W = tl.cast(W, tl.int64)
+    sh = tl.cast(sh, tl.int64)
     t = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     m = t < NCOLS
     x = t % W
@@ -86,16 +112,18 @@ def _run(x: Tensor, radius: int, backward: bool, out_dtype: torch.dtype | None =
     ws = torch.empty((B * C * H * W,), dtype=acc, device=x.device)
     out = torch.empty((B, C, H, W), dtype=out_dtype or x.dtype, device=x.device)
     nrows, ncols = B * C * H, B * C * W
-    _rows_kernel[(triton.cdiv(nrows, _BLOCK),)](x, ws, nrows, C, H, W, radius, *x.stride(),
+    _rows_kernel[flat_grid(nrows, _BLOCK)](x, ws, nrows, C, H, W, radius, *x.stride(),
                                                BACKWARD=backward, ACC=ACC, BLOCK=_BLOCK)
-    _cols_kernel[(triton.cdiv(ncols, _BLOCK),)](ws, out, ncols, C, H, W, radius, *out.stride(),
+    _cols_kernel[flat_grid(ncols, _BLOCK)](ws, out, ncols, C, H, W, radius, *out.stride(),
                                                BACKWARD=backward, ACC=ACC, BLOCK=_BLOCK)
     return out
 
 
+@on_input_device
 def forward(x: Tensor, radius: int) -> Tensor:
     return _run(x, radius, False)
 
 
+@on_input_device
 def backward(grad_out: Tensor, radius: int) -> Tensor:
     return _run(grad_out, radius, True)

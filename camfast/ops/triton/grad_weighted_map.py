@@ -3,7 +3,10 @@
 Layers, as in Liger-Kernel: private ``@triton.jit`` kernels, then launchers that pick block
 sizes and grids (``forward``/``backward``), called by the custom op in
 ``camfast/ops/grad_weighted_map.py``. All kernels take element strides, so contiguous,
-channels-last and non-contiguous inputs need no copy. Offsets are computed in int64.
+channels-last and non-contiguous inputs need no copy. Offsets are computed in int64 (the
+channel loops advance int64 pointers by the channel stride instead of multiplying ``c`` by
+it in int32). The per-pixel kernels fold the batch into grid axis 0
+(``_launch.batch_blocks_grid``); the per-plane ones take one program per ``(b, c)``.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import triton.language as tl
 from torch import Tensor
 
 from camfast.ops._spec import GWM_MODES
+from camfast.ops.triton._launch import batch_blocks, batch_blocks_grid, on_input_device
 
 _ZOOM, _GRADCAM, _LAYERCAM = GWM_MODES["zoom"], GWM_MODES["gradcam"], GWM_MODES["layercam"]
 
@@ -31,7 +35,7 @@ def _channel_mean_kernel(g_ptr, w_ptr, C, HW, W, sgb, sgc, sgh, sgw, ACC: tl.con
     c = bc % C
     acc = tl.zeros([BLOCK], dtype=ACC)
     for p0 in range(0, HW, BLOCK):
-        p = p0 + tl.arange(0, BLOCK)
+        p = p0 + tl.arange(0, BLOCK).to(tl.int64)
         m = p < HW
         off = b * sgb + c * sgc + (p // W) * sgh + (p % W) * sgw
         acc += tl.load(g_ptr + off, mask=m, other=0.0).to(ACC)
@@ -44,23 +48,23 @@ def _gwm_fwd_kernel(
     sab, sac, sah, saw, sgb, sgc, sgh, sgw,
     MODE: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    b = tl.program_id(1).to(tl.int64)
-    p = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    m = p < HW
+    b, p, m = batch_blocks(HW, BLOCK)
     h = p // W
     x = p % W
-    a_off = b * sab + h * sah + x * saw
-    g_off = b * sgb + h * sgh + x * sgw
+    a_p = a_ptr + (b * sab + h * sah + x * saw)
+    g_p = g_ptr + (b * sgb + h * sgh + x * sgw)
     acc = tl.zeros([BLOCK], dtype=ACC)
     for c in range(C):
-        av = tl.load(a_ptr + a_off + c * sac, mask=m, other=0.0).to(ACC)
+        av = tl.load(a_p, mask=m, other=0.0).to(ACC)
         if MODE == 1:
             wv = tl.load(w_ptr + b * C + c)
         else:
-            wv = tl.load(g_ptr + g_off + c * sgc, mask=m, other=0.0).to(ACC)
+            wv = tl.load(g_p, mask=m, other=0.0).to(ACC)
             if MODE == 2:
                 wv = _relu(wv)
         acc += wv * av
+        a_p += sac
+        g_p += sgc
     tl.store(out_ptr + b * HW + p, _relu(acc).to(out_ptr.dtype.element_ty), mask=m)
 
 
@@ -71,28 +75,30 @@ def _gwm_bwd_kernel(
     sdab, sdac, sdah, sdaw, sdgb, sdgc, sdgh, sdgw,
     MODE: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    b = tl.program_id(1).to(tl.int64)
-    p = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    m = p < HW
+    b, p, m = batch_blocks(HW, BLOCK)
     h = p // W
     x = p % W
     o = tl.load(out_ptr + b * HW + p, mask=m, other=0.0).to(ACC)
     gm = tl.where(o > 0, tl.load(gout_ptr + b * HW + p, mask=m, other=0.0).to(ACC), 0.0)
-    a_off = b * sab + h * sah + x * saw
-    g_off = b * sgb + h * sgh + x * sgw
-    da_off = b * sdab + h * sdah + x * sdaw
-    dg_off = b * sdgb + h * sdgh + x * sdgw
+    a_p = a_ptr + (b * sab + h * sah + x * saw)
+    g_p = g_ptr + (b * sgb + h * sgh + x * sgw)
+    da_p = da_ptr + (b * sdab + h * sdah + x * sdaw)
+    dg_p = dg_ptr + (b * sdgb + h * sdgh + x * sdgw)
     for c in range(C):
-        av = tl.load(a_ptr + a_off + c * sac, mask=m, other=0.0).to(ACC)
-        gv = tl.load(g_ptr + g_off + c * sgc, mask=m, other=0.0).to(ACC)
+        av = tl.load(a_p, mask=m, other=0.0).to(ACC)
+        gv = tl.load(g_p, mask=m, other=0.0).to(ACC)
         if MODE == 2:
             da = gm * _relu(gv)
             dg = tl.where(gv > 0, gm * av, 0.0)
         else:
             da = gm * gv
             dg = gm * av
-        tl.store(da_ptr + da_off + c * sdac, da.to(da_ptr.dtype.element_ty), mask=m)
-        tl.store(dg_ptr + dg_off + c * sdgc, dg.to(dg_ptr.dtype.element_ty), mask=m)
+        tl.store(da_p, da.to(da_ptr.dtype.element_ty), mask=m)
+        tl.store(dg_p, dg.to(dg_ptr.dtype.element_ty), mask=m)
+        a_p += sac
+        g_p += sgc
+        da_p += sdac
+        dg_p += sdgc
 
 
 @triton.jit
@@ -108,13 +114,13 @@ def _gwm_bwd_gradcam_kernel(
     c = bc % C
     acc = tl.zeros([BLOCK], dtype=ACC)
     for p0 in range(0, HW, BLOCK):
-        p = p0 + tl.arange(0, BLOCK)
+        p = p0 + tl.arange(0, BLOCK).to(tl.int64)
         m = p < HW
         acc += tl.load(g_ptr + b * sgb + c * sgc + (p // W) * sgh + (p % W) * sgw, mask=m, other=0.0).to(ACC)
     w = tl.sum(acc, axis=0) / HW
     acc = tl.zeros([BLOCK], dtype=ACC)
     for p0 in range(0, HW, BLOCK):
-        p = p0 + tl.arange(0, BLOCK)
+        p = p0 + tl.arange(0, BLOCK).to(tl.int64)
         m = p < HW
         h = p // W
         x = p % W
@@ -125,7 +131,7 @@ def _gwm_bwd_gradcam_kernel(
         tl.store(da_ptr + b * sdab + c * sdac + h * sdah + x * sdaw, (gm * w).to(da_ptr.dtype.element_ty), mask=m)
     dw = tl.sum(acc, axis=0) / HW
     for p0 in range(0, HW, BLOCK):
-        p = p0 + tl.arange(0, BLOCK)
+        p = p0 + tl.arange(0, BLOCK).to(tl.int64)
         m = p < HW
         val = tl.zeros([BLOCK], dtype=ACC) + dw
         tl.store(dg_ptr + b * sdgb + c * sdgc + (p // W) * sdgh + (p % W) * sdgw, val.to(dg_ptr.dtype.element_ty), mask=m)
@@ -140,6 +146,7 @@ def _block(hw: int) -> int:
     return max(16, min(1024, triton.next_power_of_2(hw)))
 
 
+@on_input_device
 def forward(activation: Tensor, gradient: Tensor, mode: str) -> Tensor:
     B, C, H, W = activation.shape
     HW = H * W
@@ -150,13 +157,14 @@ def forward(activation: Tensor, gradient: Tensor, mode: str) -> Tensor:
     code = GWM_MODES[mode]
     if code == _GRADCAM:
         _channel_mean_kernel[(B * C,)](gradient, w, C, HW, W, *gradient.stride(), ACC=acc, BLOCK=block)
-    _gwm_fwd_kernel[(triton.cdiv(HW, block), B)](
+    _gwm_fwd_kernel[batch_blocks_grid(B, HW, block)](
         activation, gradient, w, out, C, HW, W, *activation.stride(), *gradient.stride(),
         MODE=code, ACC=acc, BLOCK=block,
     )
     return out
 
 
+@on_input_device
 def backward(grad_out: Tensor, activation: Tensor, gradient: Tensor, out: Tensor, mode: str) -> tuple[Tensor, Tensor]:
     B, C, H, W = activation.shape
     HW = H * W
@@ -173,7 +181,7 @@ def backward(grad_out: Tensor, activation: Tensor, gradient: Tensor, out: Tensor
             activation, gradient, out, grad_out, grad_a, grad_g, C, HW, W, *strides, ACC=acc, BLOCK=block
         )
     else:
-        _gwm_bwd_kernel[(triton.cdiv(HW, block), B)](
+        _gwm_bwd_kernel[batch_blocks_grid(B, HW, block)](
             activation, gradient, out, grad_out, grad_a, grad_g, C, HW, W, *strides,
             MODE=code, ACC=acc, BLOCK=block,
         )

@@ -17,6 +17,11 @@ interior of the truncated-window means (where no window is cut, so the divisor i
 ``(2r+1)^2``): kornia's convention. ``subsample > 1`` computes steps 1-3 on the resized grid
 and resizes the means of the coefficients with ``F.interpolate`` before step 4. Every
 gradient uses the float64 reference.
+
+Offsets are int64: every kernel casts the plane size ``HW`` and the channel strides once, so
+``(o + c) * HW`` and ``c * stride`` cannot wrap past 2^31 elements per sample. The launchers
+(``coefficient_means``, ``apply``, ``forward``, ``backward``) run on the inputs' device
+(``_launch.on_input_device``).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from torch import Tensor
 
 from camfast.ops.reference import guided_filter as ref
 from camfast.ops.triton import box_filter as tbox
+from camfast.ops.triton._launch import device_scalar, flat_grid, on_input_device
 
 _BLOCK = 1024
 
@@ -46,6 +52,7 @@ def _pixels(NPIX, HW, W, BLOCK: tl.constexpr):
 @triton.jit
 def _products_kernel(g_ptr, p_ptr, out_ptr, NPIX, C, HW, W, gsb, gsc, gsh, gsw, psb, psc, psh, psw,
                      G: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
+    HW, gsc, psc = tl.cast(HW, tl.int64), tl.cast(gsc, tl.int64), tl.cast(psc, tl.int64)
     t, m, b, pix, y, x = _pixels(NPIX, HW, W, BLOCK)
     gbase = b * gsb + y * gsh + x * gsw
     pbase = b * psb + y * psh + x * psw
@@ -81,6 +88,7 @@ def _products_kernel(g_ptr, p_ptr, out_ptr, NPIX, C, HW, W, gsb, gsc, gsh, gsw, 
 
 @triton.jit
 def _coef_kernel(m_ptr, out_ptr, eps_ptr, NPIX, C, HW, G: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
+    HW = tl.cast(HW, tl.int64)
     t = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     m = t < NPIX
     b = t // HW
@@ -135,6 +143,7 @@ def _coef_kernel(m_ptr, out_ptr, eps_ptr, NPIX, C, HW, G: tl.constexpr, ACC: tl.
 @triton.jit
 def _apply_kernel(ab_ptr, g_ptr, out_ptr, NPIX, C, HW, W, gsb, gsc, gsh, gsw, osb, osc, osh, osw,
                   G: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
+    HW, gsc, osc = tl.cast(HW, tl.int64), tl.cast(gsc, tl.int64), tl.cast(osc, tl.int64)
     t, m, b, pix, y, x = _pixels(NPIX, HW, W, BLOCK)
     gbase = b * gsb + y * gsh + x * gsw
     obase = b * osb + y * osh + x * osw
@@ -165,6 +174,7 @@ def _box_mean(x: Tensor, r: int, border: str) -> Tensor:
     return tbox.forward(padded, r)[:, :, r:r + H, r:r + W].contiguous()
 
 
+@on_input_device
 def coefficient_means(guide: Tensor, src: Tensor, radius: int, eps: float, border: str) -> Tensor:
     """``mean(a_c)`` (G values) then ``mean(b_c)`` for every channel c: ``[B, (G+1) C, H, W]``."""
     B, G, H, W = guide.shape
@@ -172,17 +182,18 @@ def coefficient_means(guide: Tensor, src: Tensor, radius: int, eps: float, borde
     acc, ACC = _acc(src.dtype)
     K = G + G * (G + 1) // 2 + C + G * C
     npix = B * H * W
-    grid = (triton.cdiv(npix, _BLOCK),)
+    grid = flat_grid(npix, _BLOCK)
     prods = torch.empty((B, K, H, W), dtype=acc, device=src.device)
     _products_kernel[grid](guide, src, prods, npix, C, H * W, W, *guide.stride(), *src.stride(),
                            G=G, ACC=ACC, BLOCK=_BLOCK)
     means = _box_mean(prods, radius, border)
     coef = torch.empty((B, (G + 1) * C, H, W), dtype=acc, device=src.device)
-    eps_t = torch.full((1,), eps, dtype=acc, device=src.device)
+    eps_t = device_scalar(eps, acc, src.device)
     _coef_kernel[grid](means, coef, eps_t, npix, C, H * W, G=G, ACC=ACC, BLOCK=_BLOCK)
     return _box_mean(coef, radius, border)
 
 
+@on_input_device
 def apply(coef_means: Tensor, guide: Tensor, out_dtype: torch.dtype) -> Tensor:
     """``q_c = mean(a_c)^T I + mean(b_c)`` (``coef_means`` contiguous ``[B, (G+1) C, H, W]``)."""
     B, G, H, W = guide.shape
@@ -190,11 +201,12 @@ def apply(coef_means: Tensor, guide: Tensor, out_dtype: torch.dtype) -> Tensor:
     _, ACC = _acc(coef_means.dtype)
     out = torch.empty((B, C, H, W), dtype=out_dtype, device=guide.device)
     npix = B * H * W
-    _apply_kernel[(triton.cdiv(npix, _BLOCK),)](coef_means, guide, out, npix, C, H * W, W, *guide.stride(),
+    _apply_kernel[flat_grid(npix, _BLOCK)](coef_means, guide, out, npix, C, H * W, W, *guide.stride(),
                                                 *out.stride(), G=G, ACC=ACC, BLOCK=_BLOCK)
     return out
 
 
+@on_input_device
 def forward(guide: Tensor, src: Tensor, radius: int, eps: float, subsample: int, border: str) -> Tensor:
     if subsample == 1:
         return apply(coefficient_means(guide, src, radius, eps, border), guide, src.dtype)
@@ -208,6 +220,7 @@ def forward(guide: Tensor, src: Tensor, radius: int, eps: float, subsample: int,
     return apply(coef, guide, src.dtype)
 
 
+@on_input_device
 def backward(grad_out: Tensor, guide: Tensor, src: Tensor, radius: int, eps: float, subsample: int, border: str,
              need_guide: bool, need_src: bool) -> tuple[Tensor, Tensor]:
     return ref.backward(grad_out, guide, src, radius, eps, subsample, border, need_guide, need_src)

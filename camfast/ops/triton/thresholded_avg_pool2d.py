@@ -6,8 +6,23 @@ sizes and grids (``forward``/``backward``), called by the custom op in
 channels-last and non-contiguous inputs need no copy. Offsets are computed in int64.
 
 forward: one program per (b, c) plane; pass 1 the max (NaN tracked separately: Triton's
-``max`` does not promise NaN propagation), pass 2 the sum and count above ``tau``.
-backward: one program per (b, c) plane (grid axis 0) and pixel block (axis 1), ``dx = dy * [x > tau] / N``.
+``max`` does not promise NaN propagation), pass 2 the sum and count above ``tau``. ``theta``
+arrives as a one-element tensor in the accumulator dtype, made on the device
+(``_launch.device_scalar``: no host-to-device copy, so the launch can be captured in a CUDA
+graph).
+backward: one program per pixel block of a (b, c) plane, all on grid axis 0
+(``_launch.batch_blocks_grid``), ``dx = dy * [x > tau] / N``.
+
+Performance plan for the forward (issue 14, item 11; not done: unmeasured on a GPU). The
+native CUDA forward (``csrc/cuda/thresholded_avg_pool2d_cuda.cu``) gives one warp to a whole
+plane and divides 64-bit indices (``p / W``, ``p % W``) per element; here one program takes
+a plane with ``BLOCK = next_pow2(HW)`` lanes and the default 4 warps, so a 7x7 plane keeps
+64 of 128 lanes and a 56x56 one loops over 1024-wide blocks on a single program. Planned,
+sized by the plane: planes up to 64 pixels, several per program as a ``[PLANES, BLOCK]``
+tile reduced along axis 1 (in CUDA: 8 lanes per plane, reductions with ``__shfl_xor_sync``
+inside the 8-lane group); planes past 1024 pixels, a block of 256 threads per plane with a
+shared-memory reduction; 2-D ``(y, x)`` loops or 32-bit division when ``HW < 2^31``. Decided
+by ``benchmarks/run.py thresholded_avg_pool2d --device cuda`` (``scripts/gpu-check.sh``).
 """
 
 from __future__ import annotations
@@ -16,6 +31,8 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+
+from camfast.ops.triton._launch import batch_blocks, batch_blocks_grid, device_scalar, on_input_device
 
 
 def _acc(x: Tensor) -> torch.dtype:
@@ -67,11 +84,9 @@ def _tap_bwd_kernel(
     x_ptr, tau_ptr, count_ptr, gout_ptr, dx_ptr, C, HW, W, sxb, sxc, sxh, sxw, sdb, sdc, sdh, sdw,
     ACC: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    bc = tl.program_id(0).to(tl.int64)
+    bc, p, msk = batch_blocks(HW, BLOCK)
     b = bc // C
     c = bc % C
-    p = tl.program_id(1).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    msk = p < HW
     h = p // W
     w = p % W
     v = tl.load(x_ptr + b * sxb + c * sxc + h * sxh + w * sxw, mask=msk, other=0.0).to(ACC)
@@ -85,12 +100,13 @@ def _acc_tl(x: Tensor):
     return tl.float64 if x.dtype == torch.float64 else tl.float32
 
 
+@on_input_device
 def forward(x: Tensor, theta: float) -> tuple[Tensor, Tensor, Tensor]:
     B, C, H, W = x.shape
     pooled = x.new_empty((B, C))
     tau = x.new_empty((B, C), dtype=_acc(x))
     count = torch.empty_like(tau)
-    theta_t = torch.tensor([theta], dtype=_acc(x), device=x.device)  # theta in the accumulator dtype
+    theta_t = device_scalar(theta, _acc(x), x.device)  # theta in the accumulator dtype
     block = min(max(triton.next_power_of_2(H * W), 16), 1024)
     _tap_fwd_kernel[(B * C,)](
         x, theta_t, pooled, tau, count, C, H * W, W, *x.stride(), ACC=_acc_tl(x), BLOCK=block,
@@ -98,6 +114,7 @@ def forward(x: Tensor, theta: float) -> tuple[Tensor, Tensor, Tensor]:
     return pooled, tau, count
 
 
+@on_input_device
 def backward(grad_out: Tensor, x: Tensor, tau: Tensor, count: Tensor) -> Tensor:
     B, C, H, W = x.shape
     grad_out = grad_out.to(x.dtype).contiguous()
@@ -105,8 +122,7 @@ def backward(grad_out: Tensor, x: Tensor, tau: Tensor, count: Tensor) -> Tensor:
     count = count.contiguous()
     grad_x = torch.empty_like(x)
     block = min(max(triton.next_power_of_2(H * W), 16), 1024)
-    grid = (B * C, triton.cdiv(H * W, block))  # B*C on axis 0 (axis 1 is capped at 65535)
-    _tap_bwd_kernel[grid](
+    _tap_bwd_kernel[batch_blocks_grid(B * C, H * W, block)](
         x, tau, count, grad_out, grad_x, C, H * W, W, *x.stride(), *grad_x.stride(), ACC=_acc_tl(x), BLOCK=block,
     )
     return grad_x

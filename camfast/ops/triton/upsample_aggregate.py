@@ -5,7 +5,9 @@ sizes and grids (``forward``/``backward``), called by the custom op in
 ``camfast/ops/upsample_aggregate.py``. The maps reach the kernels as a tuple of tensors
 (with tuples of their sizes and element strides), so no copy or concatenation is made and
 any layout is read in place; the kernels specialise on the number of layers ``L`` and
-unroll their loop over it. Offsets are computed in int64.
+unroll their loop over it. Offsets are computed in int64; the per-pixel kernels fold the
+batch into grid axis 0 (``_launch.batch_blocks_grid``), and the launchers run on the maps'
+device (``_launch.on_input_device``).
 
 * ``_ua_stats_kernel``: one program per sample of one layer: NaN-propagating min and max
   (and, for the backward, how many pixels attain each).
@@ -15,7 +17,24 @@ unroll their loop over it. Offsets are computed in int64.
 * ``_ua_bwd_scatter_kernel``: the same walk finds the winning layer (reduce=max), then
   ``dout`` times the bilinear weights is atomically added into ``dL/dN_l`` (a float32
   workspace, float64 for float64; the atomics' order makes the last bits nondeterministic
-  on a GPU).
+  on a GPU). The default backward.
+* The deterministic backward, taken under ``torch.use_deterministic_algorithms(True)``
+  (``backward(..., deterministic=True)``): ``_ua_winner_kernel`` writes the winning layer
+  of every output pixel (reduce=max; the same walk), then per layer the transpose of the
+  separable interpolation is *gathered* in two passes, no atomics: ``_ua_bwd_cols_kernel``
+  ``T[b, y, j] = sum_x wx(x, j) g_l[b, y, x]`` (the output columns ``x`` whose taps reach
+  source column ``j``: a window of ``2 W / w + 5`` candidates, each checked against the
+  same ``_tap`` formulas), then ``_ua_bwd_rows_kernel`` ``dL/dN_l[b, i, j] = sum_y wy(y, i)
+  T[b, y, j]``. Every sum runs in a fixed order, so the result is bitwise reproducible.
+  About ``2 H W`` reads per layer (plus ``O(H w_l)``); the scatter issues ``4 H W`` atomics,
+  and when upsampling 7 -> 224 about 4000 of them land on each source pixel (serialised in
+  L2). Performance plan (issue 14, item 11): which is faster on a GPU is for the GPU
+  benchmark to say (``triton`` vs ``triton-gather`` rows of ``benchmarks/run.py
+  upsample_aggregate --device cuda``, run by ``scripts/gpu-check.sh``); until measured the
+  scatter stays the default. If the gather wins, make it the only Triton backward and port
+  the same two passes to the native CUDA backward (``backward_scatter_kernel`` in
+  ``csrc/cuda/upsample_aggregate_cuda.cu``), which makes native deterministic too (then its
+  entry in ``camfast.ops._dispatch.NONDETERMINISTIC_BACKWARD`` goes).
 * ``_ua_bwd_norm_kernel``: one program per sample of one layer: the two sums of the
   normalisation's gradient, then ``dL/dM_l`` written with the gradient's strides.
 """
@@ -30,6 +49,7 @@ import triton.language as tl
 from torch import Tensor
 
 from camfast.ops._spec import UA_EPS, UA_NORMALIZES, UA_REDUCES
+from camfast.ops.triton._launch import batch_blocks, batch_blocks_grid, flat_grid, on_input_device
 
 _MAX, _MEAN, _SUM = UA_REDUCES["max"], UA_REDUCES["mean"], UA_REDUCES["sum"]
 _MINMAX = UA_NORMALIZES["minmax"]
@@ -122,9 +142,7 @@ def _ua_stats_kernel(m_ptr, stats_ptr, l, L, h, w, sb, sh, sw,
 def _ua_fwd_kernel(maps, hs, ws, sbs, shs, sws, whis, wlos, stats_ptr, out_ptr, H, W,
                    L: tl.constexpr, REDUCE: tl.constexpr, NORM: tl.constexpr, EPS: tl.constexpr,
                    ACC: tl.constexpr, BLOCK: tl.constexpr):
-    b = tl.program_id(1).to(tl.int64)
-    p = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = p < H * W
+    b, p, mask = batch_blocks(H * W, BLOCK)
     y = p // W
     x = p % W
     acc = tl.zeros([BLOCK], ACC)
@@ -146,6 +164,25 @@ def _ua_fwd_kernel(maps, hs, ws, sbs, shs, sws, whis, wlos, stats_ptr, out_ptr, 
 
 
 @triton.jit
+def _winner(maps, hs, ws, sbs, shs, sws, stats_ptr, b, y, x, H, W, mask,
+            L: tl.constexpr, NORM: tl.constexpr, EPS: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
+    """The layer attaining the maximum at output pixels (b, y, x): the first on ties, the
+    first NaN if any (the forward's reduce=max)."""
+    best = tl.zeros([BLOCK], ACC)
+    win = tl.zeros([BLOCK], tl.int32)
+    for l in tl.static_range(L):
+        v = _sample(maps[l], hs[l], ws[l], sbs[l], shs[l], sws[l], stats_ptr, b, l, y, x, H, W, mask,
+                    L, NORM, EPS, ACC)
+        if l == 0:
+            best = v
+        else:
+            take = (v > best) | ((v != v) & (best == best))
+            best = tl.where(take, v, best)
+            win = tl.where(take, l, win)
+    return win
+
+
+@triton.jit
 def _scatter(gn_ptr, h, w, b, y, x, H, W, g, mask, ACC: tl.constexpr):
     r0, r1, h0, h1 = _tap(y, h, H, ACC)
     c0, c1, w0, w1 = _tap(x, w, W, ACC)
@@ -160,24 +197,12 @@ def _scatter(gn_ptr, h, w, b, y, x, H, W, g, mask, ACC: tl.constexpr):
 def _ua_bwd_scatter_kernel(maps, hs, ws, sbs, shs, sws, whis, wlos, gn_offs, stats_ptr, gout_ptr, gn_ptr, H, W,
                            L: tl.constexpr, REDUCE: tl.constexpr, NORM: tl.constexpr, EPS: tl.constexpr,
                            ACC: tl.constexpr, BLOCK: tl.constexpr):
-    b = tl.program_id(1).to(tl.int64)
-    p = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = p < H * W
+    b, p, mask = batch_blocks(H * W, BLOCK)
     y = p // W
     x = p % W
     g = tl.load(gout_ptr + b * H * W + p, mask=mask, other=0.0).to(ACC)
     if REDUCE == 0:
-        best = tl.zeros([BLOCK], ACC)
-        win = tl.zeros([BLOCK], tl.int32)
-        for l in tl.static_range(L):
-            v = _sample(maps[l], hs[l], ws[l], sbs[l], shs[l], sws[l], stats_ptr, b, l, y, x, H, W, mask,
-                        L, NORM, EPS, ACC)
-            if l == 0:
-                best = v
-            else:
-                take = (v > best) | ((v != v) & (best == best))
-                best = tl.where(take, v, best)
-                win = tl.where(take, l, win)
+        win = _winner(maps, hs, ws, sbs, shs, sws, stats_ptr, b, y, x, H, W, mask, L, NORM, EPS, ACC, BLOCK)
         for l in tl.static_range(L):
             _scatter(gn_ptr + gn_offs[l], hs[l], ws[l], b, y, x, H, W, g, mask & (win == l), ACC)
     else:
@@ -187,6 +212,75 @@ def _ua_bwd_scatter_kernel(maps, hs, ws, sbs, shs, sws, whis, wlos, gn_offs, sta
             else:
                 gl = g * _weight(whis[l], wlos[l], ACC)
             _scatter(gn_ptr + gn_offs[l], hs[l], ws[l], b, y, x, H, W, gl, mask, ACC)
+
+
+@triton.jit
+def _first_output(j, n_in, n_out):
+    """A lower bound on the first output index whose taps (``_tap``) reach source index ``j``:
+    the exact bound is ``ceil(((2j - 1) n_out - n_in) / (2 n_in))`` (the source coordinate
+    reaches ``j - 1``); this is one to two below it, a margin for the float rounding of
+    ``_tap``. In integers, non-negative operands only."""
+    num = tl.maximum((2 * j - 1) * n_out - n_in, 0)
+    return tl.maximum(num // (2 * n_in) - 1, 0)
+
+
+@triton.jit
+def _gathered(d, j, n_in, n_out, g, ACC: tl.constexpr):
+    """What output index ``d`` (value ``g``) sends to source index ``j`` through its two taps:
+    exactly the terms the scatter adds there (both when the taps coincide), nothing else."""
+    i0, i1, l0, l1 = _tap(d, n_in, n_out, ACC)
+    return tl.where(i0 == j, l0 * g, 0.0) + tl.where(i1 == j, l1 * g, 0.0)
+
+
+@triton.jit
+def _ua_winner_kernel(maps, hs, ws, sbs, shs, sws, stats_ptr, win_ptr, H, W,
+                      L: tl.constexpr, NORM: tl.constexpr, EPS: tl.constexpr, ACC: tl.constexpr,
+                      BLOCK: tl.constexpr):
+    b, p, mask = batch_blocks(H * W, BLOCK)
+    win = _winner(maps, hs, ws, sbs, shs, sws, stats_ptr, b, p // W, p % W, H, W, mask, L, NORM, EPS, ACC, BLOCK)
+    tl.store(win_ptr + b * H * W + p, win.to(tl.int8), mask=mask)
+
+
+@triton.jit
+def _ua_bwd_cols_kernel(gout_ptr, win_ptr, t_ptr, l, whi, wlo, N, W, w, SPAN,
+                        L: tl.constexpr, REDUCE: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
+    """``T[b, y, j] = sum_x wx(x, j) g_l[b, y, x]`` for one layer (``N = B H w`` elements)."""
+    t = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = t < N
+    j = t % w
+    row = t // w  # b * H + y
+    x0 = _first_output(j, w, W)
+    acc = tl.zeros([BLOCK], ACC)
+    for k in range(0, SPAN):
+        x = x0 + k
+        m = mask & (x < W)
+        g = tl.load(gout_ptr + row * W + x, mask=m, other=0.0).to(ACC)
+        if REDUCE == 0:
+            g = tl.where(tl.load(win_ptr + row * W + x, mask=m, other=-1) == l, g, 0.0)
+        elif REDUCE == 1:
+            g = g / L
+        else:
+            g = g * _weight(whi, wlo, ACC)
+        acc += tl.where(m, _gathered(x, j, w, W, g, ACC), 0.0)
+    tl.store(t_ptr + t, acc, mask=mask)
+
+
+@triton.jit
+def _ua_bwd_rows_kernel(t_ptr, gn_ptr, N, H, h, w, SPAN, ACC: tl.constexpr, BLOCK: tl.constexpr):
+    """``dL/dN_l[b, i, j] = sum_y wy(y, i) T[b, y, j]`` for one layer (``N = B h w`` elements)."""
+    t = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = t < N
+    j = t % w
+    i = (t // w) % h
+    b = t // (h * w)
+    y0 = _first_output(i, h, H)
+    acc = tl.zeros([BLOCK], ACC)
+    for k in range(0, SPAN):
+        y = y0 + k
+        m = mask & (y < H)
+        v = tl.load(t_ptr + (b * H + y) * w + j, mask=m, other=0.0)
+        acc += tl.where(m, _gathered(y, i, h, H, v, ACC), 0.0)
+    tl.store(gn_ptr + t, acc, mask=mask)
 
 
 @triton.jit
@@ -272,6 +366,14 @@ def _stats(maps: Sequence[Tensor], counts: bool) -> Tensor:
     return stats
 
 
+def _span(n_in: int, n_out: int) -> int:
+    """How many output indices ``_ua_bwd_*_kernel`` try per source index, from ``_first_output``
+    on: the taps of at most ``2 n_out / n_in + 1`` of them reach one source index, plus the
+    margins of ``_first_output`` and of the float rounding (see its docstring)."""
+    return 2 * n_out // n_in + 5
+
+
+@on_input_device
 def forward(maps: Sequence[Tensor], size: tuple[int, int], reduce: str, normalize: str,
             weights: Sequence[float] | None) -> Tensor:
     first = maps[0]
@@ -280,15 +382,47 @@ def forward(maps: Sequence[Tensor], size: tuple[int, int], reduce: str, normaliz
     norm = UA_NORMALIZES[normalize]
     stats = _stats(maps, counts=False) if norm == _MINMAX else first.new_empty((1,), dtype=_acc_torch(first))
     block = _block(H * W, first.device)
-    _ua_fwd_kernel[(triton.cdiv(H * W, block), B)](
+    _ua_fwd_kernel[batch_blocks_grid(B, H * W, block)](
         *_layer_args(maps), *_weights(weights, L), stats, out, H, W,
         L=L, REDUCE=UA_REDUCES[reduce], NORM=norm, EPS=UA_EPS, ACC=_acc(first), BLOCK=block,
     )
     return out
 
 
+def _gather_dn(grad_out: Tensor, maps: Sequence[Tensor], stats: Tensor, gn: Tensor, offs: Sequence[int],
+               reduce: int, norm: int, weights: Sequence[float] | None) -> None:
+    """``dL/dN_l`` of every layer into ``gn`` (at ``offs``), gathered: no atomics, fixed order."""
+    first = maps[0]
+    B, H, W = grad_out.shape
+    L, acc = len(maps), _acc(first)
+    win = grad_out  # unused unless reduce=max
+    if reduce == _MAX:
+        win = torch.empty((B, H, W), dtype=torch.int8, device=first.device)
+        block = _block(H * W, first.device)
+        _ua_winner_kernel[batch_blocks_grid(B, H * W, block)](
+            *_layer_args(maps), stats, win, H, W, L=L, NORM=norm, EPS=UA_EPS, ACC=acc, BLOCK=block,
+        )
+    whi, wlo = _weights(weights, L)
+    t = torch.empty((B * H * max(m.shape[2] for m in maps),), dtype=_acc_torch(first), device=first.device)
+    for i, m in enumerate(maps):
+        h, w = m.shape[1], m.shape[2]
+        n = B * H * w
+        block = _block(n, first.device)
+        _ua_bwd_cols_kernel[flat_grid(n, block)](grad_out, win, t, i, whi[i], wlo[i], n, W, w, _span(w, W),
+                                                 L=L, REDUCE=reduce, ACC=acc, BLOCK=block)
+        n = B * h * w
+        block = _block(n, first.device)
+        _ua_bwd_rows_kernel[flat_grid(n, block)](t, gn[offs[i]:], n, H, h, w, _span(h, H), ACC=acc, BLOCK=block)
+
+
+@on_input_device
 def backward(grad_out: Tensor, maps: Sequence[Tensor], reduce: str, normalize: str,
-             weights: Sequence[float] | None) -> list[Tensor]:
+             weights: Sequence[float] | None, deterministic: bool | None = None) -> list[Tensor]:
+    """``dL/dM_l`` of every layer. ``deterministic`` (default: whether
+    ``torch.are_deterministic_algorithms_enabled()``) gathers ``dL/dN`` in a fixed order
+    instead of scattering it with atomics (see the module docstring)."""
+    if deterministic is None:
+        deterministic = torch.are_deterministic_algorithms_enabled()
     first = maps[0]
     B, H, W = grad_out.shape
     L = len(maps)
@@ -300,12 +434,16 @@ def backward(grad_out: Tensor, maps: Sequence[Tensor], reduce: str, normalize: s
     offs = [0]
     for s in sizes[:-1]:
         offs.append(offs[-1] + B * s)
-    gn = torch.zeros((B * sum(sizes),), dtype=acc_t, device=first.device)  # dL/dN of every layer
-    block = _block(H * W, first.device)
-    _ua_bwd_scatter_kernel[(triton.cdiv(H * W, block), B)](
-        *_layer_args(maps), *_weights(weights, L), tuple(offs), stats, grad_out, gn, H, W,
-        L=L, REDUCE=UA_REDUCES[reduce], NORM=norm, EPS=UA_EPS, ACC=acc, BLOCK=block,
-    )
+    if deterministic:
+        gn = torch.empty((B * sum(sizes),), dtype=acc_t, device=first.device)  # dL/dN of every layer
+        _gather_dn(grad_out, maps, stats, gn, offs, UA_REDUCES[reduce], norm, weights)
+    else:
+        gn = torch.zeros((B * sum(sizes),), dtype=acc_t, device=first.device)
+        block = _block(H * W, first.device)
+        _ua_bwd_scatter_kernel[batch_blocks_grid(B, H * W, block)](
+            *_layer_args(maps), *_weights(weights, L), tuple(offs), stats, grad_out, gn, H, W,
+            L=L, REDUCE=UA_REDUCES[reduce], NORM=norm, EPS=UA_EPS, ACC=acc, BLOCK=block,
+        )
     grads = [torch.empty_like(m) for m in maps]
     for i, (m, g) in enumerate(zip(maps, grads)):
         _ua_bwd_norm_kernel[(B,)](
