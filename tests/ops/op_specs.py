@@ -477,7 +477,6 @@ BOX_FILTER = OpSpec(
     random_case=_box_random,
     backward_args=lambda args, out: (torch.randn_like(out), args[1]),
     gradcheck_fast=lambda backend, device, case: backend == "triton",
-    known_failures={("compile", "channels_last"): FAKE_STRIDES, ("opcheck", "channels_last"): FAKE_STRIDES},
     bad_inputs=(
         BadInput("radius-negative", lambda: (_x(), -1), ValueError, "radius", "radius must be an int >= 0", True),
         BadInput("radius-float", lambda: (_x(), 1.5), TypeError, "radius", "radius must be an int"),
