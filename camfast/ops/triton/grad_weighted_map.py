@@ -29,17 +29,21 @@ def _relu(x):
 
 
 @triton.jit
-def _channel_mean_kernel(g_ptr, w_ptr, C, HW, W, sgb, sgc, sgh, sgw, ACC: tl.constexpr, BLOCK: tl.constexpr):
-    bc = tl.program_id(0).to(tl.int64)
-    b = bc // C
-    c = bc % C
+def _plane_mean(g_ptr, b, c, HW, W, sgb, sgc, sgh, sgw, ACC: tl.constexpr, BLOCK: tl.constexpr):
+    """mean over the (h, w) plane (b, c) of G, accumulated in ACC."""
     acc = tl.zeros([BLOCK], dtype=ACC)
     for p0 in range(0, HW, BLOCK):
         p = p0 + tl.arange(0, BLOCK).to(tl.int64)
         m = p < HW
         off = b * sgb + c * sgc + (p // W) * sgh + (p % W) * sgw
         acc += tl.load(g_ptr + off, mask=m, other=0.0).to(ACC)
-    tl.store(w_ptr + bc, tl.sum(acc, axis=0) / HW)
+    return tl.sum(acc, axis=0) / HW
+
+
+@triton.jit
+def _channel_mean_kernel(g_ptr, w_ptr, C, HW, W, sgb, sgc, sgh, sgw, ACC: tl.constexpr, BLOCK: tl.constexpr):
+    bc = tl.program_id(0).to(tl.int64)
+    tl.store(w_ptr + bc, _plane_mean(g_ptr, bc // C, bc % C, HW, W, sgb, sgc, sgh, sgw, ACC, BLOCK))
 
 
 @triton.jit
@@ -112,12 +116,7 @@ def _gwm_bwd_gradcam_kernel(
     bc = tl.program_id(0).to(tl.int64)
     b = bc // C
     c = bc % C
-    acc = tl.zeros([BLOCK], dtype=ACC)
-    for p0 in range(0, HW, BLOCK):
-        p = p0 + tl.arange(0, BLOCK).to(tl.int64)
-        m = p < HW
-        acc += tl.load(g_ptr + b * sgb + c * sgc + (p // W) * sgh + (p % W) * sgw, mask=m, other=0.0).to(ACC)
-    w = tl.sum(acc, axis=0) / HW
+    w = _plane_mean(g_ptr, b, c, HW, W, sgb, sgc, sgh, sgw, ACC, BLOCK)
     acc = tl.zeros([BLOCK], dtype=ACC)
     for p0 in range(0, HW, BLOCK):
         p = p0 + tl.arange(0, BLOCK).to(tl.int64)
