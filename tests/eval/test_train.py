@@ -131,6 +131,7 @@ _BUDGET = dict(epochs=3, n_train=768, n_val=96, size=32, num_classes=3, batch_si
                log_every=1000, seed=0)
 
 
+@pytest.mark.slow  # trains two models: about a minute on a quiet 2-core machine
 def test_puzzle_cam_learns_like_the_gap_baseline(tmp_path):
     """The regression this module fixed: the Puzzle-CAM classifier stayed at chance while GAP
     learned. With BatchNorm it learns; same data, iterations, optimiser and initial weights."""
@@ -140,6 +141,7 @@ def test_puzzle_cam_learns_like_the_gap_baseline(tmp_path):
     assert top1["puzzle"] > chance + 0.4 and top1["puzzle"] > top1["gap"] - 0.1, top1
 
 
+@pytest.mark.slow  # trains a model: about a minute on a quiet 2-core machine
 def test_without_batch_norm_puzzle_cam_sits_at_the_class_prior(tmp_path):
     """The cause: without normalisation the multilabel soft-margin terms settle where every class
     gets the prior probability 1/K (each term then equals the prior's entropy) and the puzzle's
