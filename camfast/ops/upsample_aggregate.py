@@ -49,7 +49,12 @@ def _check(maps: Sequence[Tensor], size: Sequence[int], reduce: str, normalize: 
     # Runs inside the op (eager) and its fake kernel (torch.compile): direct calls of
     # torch.ops.camfast.upsample_aggregate are checked too, before any kernel sees the data.
     _check_layers(maps, reduce, normalize, weights)
-    check_size2("size", size)
+    H, W = check_size2("size", size)
+    if isinstance(H, int) and isinstance(W, int):
+        n = maps[0].shape[0] * H * W
+        if n * maps[0].element_size() >= 2 ** 63:
+            raise ValueError(f"size {tuple(size)!r} asks for an output of {maps[0].shape[0]} x {H} x {W} = {n} "
+                             "elements, more than a tensor can address")
 
 
 def _check_backward(grad_out: Tensor, maps: Sequence[Tensor], reduce: str, normalize: str,

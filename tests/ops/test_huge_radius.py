@@ -1,6 +1,7 @@
-"""Radii past the image (issue 13 item 16): any radius, up to and beyond int64, gives the
-whole-image window exactly as a radius equal to the image's size does, on every backend, and
-never reaches the kernels' index arithmetic unbounded."""
+"""Sizes past the image or past memory (issue 13 items 16 and 20): any radius, up to and
+beyond int64, gives the whole-image window exactly as a radius equal to the image's size does,
+on every backend, and never reaches the kernels' index arithmetic unbounded; an output size
+no tensor can hold is a clear error."""
 
 from __future__ import annotations
 
@@ -51,3 +52,10 @@ def test_guided_filter_huge_radius_equals_the_image_size(backend, device, radius
 def test_guided_filter_reflect_still_rejects_a_radius_past_the_image():
     with pytest.raises(ValueError, match="border='reflect' needs a radius smaller than the image"):
         camfast.ops.guided_filter(torch.rand(1, 1, 6, 6), torch.rand(1, 1, 6, 6), 2 ** 63 - 1, 1e-2, border="reflect")
+
+
+def test_upsample_aggregate_size_past_what_a_tensor_holds():
+    """Issue 13 item 20: a size whose output no tensor can hold is a ValueError naming size
+    (torch's own message was 'Storage size calculation overflowed')."""
+    with pytest.raises(ValueError, match=r"size \(1099511627776, 1099511627776\) asks for an output of"):
+        camfast.ops.upsample_aggregate([torch.rand(1, 4, 4)], (2 ** 40, 2 ** 40))
