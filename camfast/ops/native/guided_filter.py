@@ -1,7 +1,8 @@
 """Native launcher for ``camfast::guided_filter`` (csrc/cpu/guided_filter_cpu.cpp).
 
-CPU only: on CUDA the native backend composes the native CUDA box filter with PyTorch
-element-wise ops (``_composed``), not yet a fused kernel. ``subsample > 1``: the resizing
+CPU only: there is no CUDA kernel, so on CUDA the native backend runs the reference's
+formulas (``_composed``: PyTorch cumulative-sum box means), and the default backend on CUDA
+is Triton's fused kernels (``camfast/ops/_backend.py``). ``subsample > 1``: the resizing
 is done with ``F.interpolate`` around the native kernel, which then returns ``mean(a)``,
 ``mean(b)`` on the small grid (``coeffs_out``).
 """
