@@ -21,3 +21,11 @@ def tiny() -> ModelSpec:
 def tiny_module() -> torch.nn.Module:
     """The same network as a bare module (ImageNet preprocessing, no class names)."""
     return seeded(vgg_like)
+
+
+def wide():
+    """A 300-class model (more than a palette holds)."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(),
+                              torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 300))
+    return ModelSpec(net, Normalize((0.5,) * 3, (0.25,) * 3), None, None, "wide")

@@ -27,7 +27,6 @@ from camfast.cli import common, main
 from camfast.cli.pseudo_label import outputs, parse_labels
 from camfast.methods import registry
 from camfast.methods.engine import CAMResult
-from camfast.models import ModelSpec, Normalize
 from camfast.utils import image as image_io
 from camfast.utils import io as camfast_io
 from camfast.utils.lock import folder_lock
@@ -350,19 +349,11 @@ def test_target_names_ignore_case_and_suggest_close_names():
 
 
 # ------------------------------------------------------------------ 23: label maps of many-class models
-def wide() -> ModelSpec:
-    """A 300-class model (more than a palette holds)."""
-    torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(),
-                              torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 300))
-    return ModelSpec(net, Normalize((0.5,) * 3, (0.25,) * 3), None, None, "wide")
-
-
 def test_label_maps_of_a_many_class_model_are_palette_pngs_when_they_fit(tmp_path):
     images = _folder(tmp_path / "in", 2)
     labels = tmp_path / "labels.txt"
     labels.write_text("img0.png 3\nimg1.png 299\n")
-    argv = ["pseudo-label", "--images", images, "--out", tmp_path / "out", "--model", "test_hardening:wide",
+    argv = ["pseudo-label", "--images", images, "--out", tmp_path / "out", "--model", "pseudo_label_models:wide",
             "--size", 32, "--progress", "none", "--labels", labels, "--threshold", 0.0]
     assert main([str(a) for a in argv]) == 0
     with Image.open(tmp_path / "out/labels/img0.png") as a, Image.open(tmp_path / "out/labels/img1.png") as b:
