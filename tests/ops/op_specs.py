@@ -447,7 +447,6 @@ UPSAMPLE_AGGREGATE = OpSpec(
 # ---------------------------------------------------------------- box_filter
 BOX_SHAPES = [(2, 3, 9, 11), (1, 1, 1, 1), (1, 2, 1, 7), (3, 1, 6, 1), (1, 4, 17, 5)]
 BOX_RADII = [0, 1, 3, 20]
-FAKE_STRIDES = "issue 14 item 8: fake kernel strides"
 
 
 def _box_args(case, dtype, device, seed) -> Args:
