@@ -212,9 +212,8 @@ def rcam(model: nn.Module, x: Tensor, target=None, scales: Sequence[float] = (1,
             logits = logits_of(model(x), output_fn).detach()
         sets = class_sets(logits, target, class_names_of(model))
 
-        def single(xs: Tensor, classes: Tensor, rows: Tensor) -> Tensor:
-            img = image if image is None or getattr(image, "ndim", 4) == 3 else image[rows.tolist()]
-            return rcam(model, xs, classes, scales, crf, shape_layer, eps=eps, image=img, crf_iters=crf_iters,
+        def single(xs: Tensor, classes: Tensor) -> Tensor:
+            return rcam(model, xs, classes, scales, crf, shape_layer, eps=eps, image=image, crf_iters=crf_iters,
                         output_fn=output_fn, crf_workers=crf_workers, output_size=size)
 
         out = sets.assemble(each_class(single, x, sets))

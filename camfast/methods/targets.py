@@ -176,14 +176,13 @@ def class_sets(logits: Tensor, target: object, class_names: Sequence[str] | None
     return ClassSets(rounds.to(logits.device), counts, ragged)
 
 
-def each_class(single: Callable[[Tensor, Tensor, Tensor], Tensor], x: Tensor, sets: ClassSets) -> Tensor:
+def each_class(single: Callable[[Tensor, Tensor], Tensor], x: Tensor, sets: ClassSets) -> Tensor:
     """``(R, B, ...)`` per-round maps for a method without a native all-class path:
-    ``single(x, classes, rows)`` runs once per round on the whole batch (an image without a
-    class in that round takes class 0, and :meth:`ClassSets.assemble` drops its map), so each
-    map equals the single-class call on the same batch exactly, whatever the method's
-    batch-size sensitivity (a dense CRF amplifies last-bit differences of the forward)."""
-    rows = torch.arange(x.shape[0], device=sets.rounds.device)
-    maps = [single(x, sets.rounds[j].clamp_min(0), rows) for j in range(sets.rounds.shape[0])]
+    ``single(x, classes)`` runs once per round on the whole batch (an image without a class in
+    that round takes class 0, and :meth:`ClassSets.assemble` drops its map), so each map
+    equals the single-class call on the same batch exactly, whatever the method's batch-size
+    sensitivity (a dense CRF amplifies last-bit differences of the forward)."""
+    maps = [single(x, sets.rounds[j].clamp_min(0)) for j in range(sets.rounds.shape[0])]
     if not maps:  # no image has any class
         return x.new_zeros((0, x.shape[0], *x.shape[2:]), dtype=torch.float32)
     return torch.stack(maps)
