@@ -12,7 +12,7 @@ from concurrent.futures import ProcessPoolExecutor
 import numpy as np
 import torch
 
-__all__ = ["refine", "require"]
+__all__ = ["REFERENCE_SIDE", "refine", "require", "scaled_widths"]
 
 
 def require():
@@ -55,20 +55,41 @@ def _worker(args):
     return _refine_one(*args)
 
 
-def refine(image, prob, iters: int = 5, *, sxy_gaussian: float = 3, compat_gaussian: float = 3,
-           sxy_bilateral: float = 80, srgb: float = 13, compat_bilateral: float = 10,
-           workers: int | None = None):
+#: The image side (pixels) the CRF's default spatial widths are sized for: DeepLab's dense-CRF
+#: settings (sxy 3 and 80, srgb 13, compat 3 and 10) come from ~500-pixel PASCAL VOC photos.
+REFERENCE_SIDE = 500
+SXY_GAUSSIAN, SXY_BILATERAL = 3.0, 80.0
+
+
+def scaled_widths(height: int, width: int, reference_side: float = REFERENCE_SIDE) -> tuple[float, float]:
+    """The default spatial widths for an ``height x width`` image: ``(3 s, 80 s)`` with
+    ``s = max(height, width) / reference_side`` (0.384 and 10.24 at 64 pixels, 3 and 80 at 500)."""
+    s = max(height, width) / float(reference_side)
+    return SXY_GAUSSIAN * s, SXY_BILATERAL * s
+
+
+def refine(image, prob, iters: int = 5, *, sxy_gaussian: float | None = None, compat_gaussian: float = 3,
+           sxy_bilateral: float | None = None, srgb: float = 13, compat_bilateral: float = 10,
+           workers: int | None = None, reference_side: float = REFERENCE_SIDE):
     """Refine class probabilities with a fully connected CRF (bilateral term on the image).
+
+    The kernels' spatial widths (in pixels) scale with the image: by default
+    ``sxy_gaussian = 3 s`` and ``sxy_bilateral = 80 s`` with ``s = max(H, W) / reference_side``
+    (:func:`scaled_widths`; ``reference_side`` 500, the photos DeepLab's settings were tuned on),
+    so a 64-pixel image gets 0.384 and 10.24: the unscaled widths span the whole of such an
+    image and the pairwise terms then erase a small foreground. The colour width ``srgb`` and
+    the weights ``compat_*`` do not depend on the size. Widths given explicitly are used as given.
 
     Args:
         image: uint8 RGB ``(H, W, 3)``, or a batch ``(B, H, W, 3)``; numpy or torch.
         prob: foreground probability ``(H, W)`` in [0, 1] (background = ``1 - prob``), or
             ``(K, H, W)`` class probabilities; with a batch, ``(B, H, W)`` or ``(B, K, H, W)``.
         iters: mean-field iterations.
-        sxy_gaussian, compat_gaussian: the smoothness kernel.
-        sxy_bilateral, srgb, compat_bilateral: the appearance kernel.
+        sxy_gaussian, compat_gaussian: the smoothness kernel (width default ``3 s``, see above).
+        sxy_bilateral, srgb, compat_bilateral: the appearance kernel (width default ``80 s``).
         workers: processes for a batch (default: one per image up to the CPU count; 1 runs
             in this process).
+        reference_side: the image side the unscaled widths are meant for (default 500).
 
     Returns:
         float32 numpy array shaped like ``prob``: the refined foreground probability for
@@ -99,6 +120,11 @@ def refine(image, prob, iters: int = 5, *, sxy_gaussian: float = 3, compat_gauss
         raise ValueError("prob must hold finite probabilities in [0, 1]")
     if foreground:
         probs = np.stack([1.0 - probs, probs], axis=1)
+    if not isinstance(reference_side, (int, float)) or isinstance(reference_side, bool) or not reference_side > 0:
+        raise ValueError(f"reference_side must be a positive number, got {reference_side!r}")
+    default_g, default_b = scaled_widths(H, W, reference_side)
+    sxy_gaussian = default_g if sxy_gaussian is None else sxy_gaussian
+    sxy_bilateral = default_b if sxy_bilateral is None else sxy_bilateral
     params = dict(sxy_gaussian=sxy_gaussian, compat_gaussian=compat_gaussian, sxy_bilateral=sxy_bilateral,
                   srgb=srgb, compat_bilateral=compat_bilateral)
     jobs = [(images[b], probs[b], iters, params) for b in range(B)]

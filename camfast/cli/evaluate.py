@@ -14,6 +14,13 @@ and writes ``OUT/wsol_table.{md,json,png}``. ``camfast eval --dataset cub --root
 SPEC`` scores the inference-only methods on a real dataset with a given model and writes
 ``OUT/wsol_table-<dataset>.*``. The library part is :mod:`camfast.evaluation.wsol`.
 
+``camfast eval faithfulness`` scores every registered CAM method with the faithfulness metrics
+(Average Drop / Increase in Confidence, deletion / insertion, ROAD) on real pretrained models
+(EfficientNet-Lite0, and Lite1/Lite2 when installed, or ``--model SPEC``) and real photos (the
+ones shipped inside installed packages, or ``--images``), and writes
+``OUT/faithfulness-<device>.{md,json,png}``. The library part is
+:mod:`camfast.evaluation.map_quality` (metrics: :mod:`camfast.evaluation.faithfulness`).
+
 Rows whose method needs an optional module that is not installed (``rcam-crf`` needs
 pydensecrf: ``pip install 'camfast[crf]'``) are left out with a note, before any training.
 
@@ -28,6 +35,10 @@ import sys
 
 DATASET_CHOICES = ("synthetic", "voc", "cub", "imagenet", "openimages")
 PSEUDO_LABELS = "pseudo-labels"
+FAITHFULNESS = "faithfulness"
+#: the options only ``camfast eval faithfulness`` takes (argparse dests)
+FAITHFULNESS_OPTIONS = ("images", "method", "steps", "percentiles", "deletion_baseline", "insertion_baseline",
+                        "score")
 
 EPILOG = """\
 examples:
@@ -37,6 +48,11 @@ examples:
   camfast eval --dataset openimages --root dataset/OpenImages --metadata metadata --model my_models:resnet
   camfast eval pseudo-labels --pred pl/labels --gt VOC2012/SegmentationClass
   camfast eval pseudo-labels --pred irn/cam --gt VOC2012/SegmentationClass --sweep --out eval
+  camfast eval faithfulness                       # every method x metric, EfficientNet-Lite0, offline photos
+  camfast eval faithfulness --quick --out /tmp/f  # smoke run: 2 photos, 96 px, few steps
+  camfast eval faithfulness --images photos/ --method grad-cam --method zoom-cam --steps 50
+faithfulness: OUT/faithfulness-<device>.md (AD, IC, deletion/insertion AUC, ROAD MoRF/LeRF/combined per
+  method), .json, .png (the maps side by side); --model defaults to every EfficientNet-Lite installed
 pseudo-labels: --pred holds one file per image, matched to GT/<stem>.png: label PNGs (0 background, class k as
   k + 1), IRN CAM dicts (.npy {"keys", "cam", "high_res"}; scored on --key, default high_res) or camfast npy
   heatmaps (classes from --labels: the run's labels file or cls_labels.npy); score maps get a background
@@ -51,9 +67,9 @@ exit status: 0 done, 2 bad arguments or a missing requirement."""
 def add_parser(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = EPILOG
-    parser.add_argument("dataset", nargs="?", default=None, choices=(*DATASET_CHOICES, PSEUDO_LABELS),
-                        help="synthetic (default), a real dataset (same as --dataset), or pseudo-labels (score a "
-                        "pseudo-label folder)")
+    parser.add_argument("dataset", nargs="?", default=None, choices=(*DATASET_CHOICES, PSEUDO_LABELS, FAITHFULNESS),
+                        help="synthetic (default), a real dataset (same as --dataset), pseudo-labels (score a "
+                        "pseudo-label folder) or faithfulness (the map-quality table on real models and photos)")
     parser.add_argument("--dataset", dest="dataset_opt", default=None, choices=DATASET_CHOICES,
                         help="the dataset (voc, cub, imagenet, openimages need --root and --model)")
     parser.add_argument("--root", default=None, help="the dataset's folder (real datasets)")
@@ -74,6 +90,19 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--examples", type=int, default=4, help="held-out images in the figure (default 4)")
     parser.add_argument("--device", default="cpu", help="real datasets: cpu or cuda (default cpu)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    fa = parser.add_argument_group("faithfulness")
+    fa.add_argument("--images", nargs="+", default=None, metavar="PATH",
+                    help="photos (files or folders) to score; default: the photos shipped in installed packages")
+    fa.add_argument("--method", action="append", default=None, type=_method_type, metavar="NAME",
+                    help="a registered method (repeat for several; default every method)")
+    fa.add_argument("--steps", type=int, default=None, help="deletion / insertion steps (default 20)")
+    fa.add_argument("--percentiles", default=None, metavar="P,P,...",
+                    help="ROAD: percent of pixels removed (default 10,20,...,90)")
+    fa.add_argument("--deletion-baseline", default=None, choices=("zeros", "blur", "mean"),
+                    help="what deleted pixels become (default zeros)")
+    fa.add_argument("--insertion-baseline", default=None, choices=("zeros", "blur", "mean"),
+                    help="the image pixels are inserted into (default blur)")
+    fa.add_argument("--score", default=None, choices=("softmax", "logit"), help="the class score (default softmax)")
     pl = parser.add_argument_group("pseudo-labels")
     pl.add_argument("--pred", default=None, metavar="DIR", help="the pseudo-label folder (PNG labels or .npy maps)")
     pl.add_argument("--gt", default=None, metavar="DIR", help="the ground-truth class PNGs (VOC SegmentationClass)")
@@ -87,6 +116,12 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     pl.add_argument("--num-classes", type=int, default=21, help="classes with the background (default 21, VOC)")
     pl.add_argument("--progress", default="auto", choices=("auto", "bar", "lines", "none"),
                     help="progress display (default auto)")
+
+
+def _method_type(text: str) -> str:
+    from camfast.cli.common import method_type
+
+    return method_type(text)
 
 
 def _error(message: str) -> int:
@@ -103,6 +138,11 @@ def run(args: argparse.Namespace, log=None) -> int:
     if args.dataset and args.dataset_opt and args.dataset != args.dataset_opt:
         return _error(f"dataset given twice: {args.dataset!r} and --dataset {args.dataset_opt!r}")
     dataset = args.dataset or args.dataset_opt or "synthetic"
+    if dataset == FAITHFULNESS:
+        return _faithfulness(args, log)
+    given = [f"--{n.replace('_', '-')}" for n in FAITHFULNESS_OPTIONS if getattr(args, n, None) is not None]
+    if given:
+        return _error(f"{', '.join(given)} apply to 'camfast eval faithfulness'")
     if dataset == PSEUDO_LABELS:
         return _pseudo_labels(args, log)
     extra = [f"--{n.replace('_', '-')}" for n in ("pred", "gt", "threshold", "labels") if getattr(args, n) is not None]
@@ -195,4 +235,54 @@ def _pseudo_labels(args: argparse.Namespace, log) -> int:
                     log("(no figure: matplotlib is not installed; the curve is in pseudo_labels.json)")
         except OSError as e:
             return _error(f"cannot write {args.out}: {e}")
+    return 0
+
+
+def _faithfulness(args: argparse.Namespace, log) -> int:
+    """``camfast eval faithfulness``: exit 0, or 2 with a message naming the argument."""
+    import torch
+
+    from camfast.evaluation import faithfulness as FM
+    from camfast.evaluation import map_quality
+
+    other = [f"--{n.replace('_', '-')}" for n in ("root", "metadata", "split", "checkpoints", "pred", "gt",
+                                                 "threshold", "labels") if getattr(args, n) is not None]
+    if other or args.retrain or args.sweep or args.dataset_opt:
+        return _error(f"{', '.join(other) or '--retrain/--sweep/--dataset'} do not apply to faithfulness")
+    for name in ("batch_size", "size", "limit", "threads", "steps"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            return _error(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+    if args.examples < 0:
+        return _error(f"--examples must be >= 0, got {args.examples}")
+    percentiles = FM.PERCENTILES
+    if args.percentiles is not None:
+        try:
+            percentiles = FM.check_percentiles([float(p) for p in args.percentiles.split(",") if p.strip()])
+        except ValueError as e:
+            return _error(f"--percentiles: {e}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    quick = args.quick
+    out = args.out if args.out is not None else "benchmarks/results"
+    try:
+        from camfast.cli.common import UsageError, load_model, resolve_device
+
+        device = resolve_device(args.device)
+        models = [load_model(args.model, device)] if args.model else None
+        photos = map_quality.load_photos(args.images) if args.images else None
+        if quick and photos is None:
+            photos = map_quality.offline_photos(log=lambda line: None)[0][:2]
+        map_quality.run(
+            out, models=models, photos=photos, methods=args.method,
+            size=args.size or (96 if quick else None), limit=args.limit, batch_size=args.batch_size or 16,
+            steps=args.steps or (5 if quick else 20), percentiles=(30, 70) if quick and args.percentiles is None
+            else percentiles, deletion_baseline=args.deletion_baseline or "zeros",
+            insertion_baseline=args.insertion_baseline or "blur", score=args.score or "softmax", device=str(device),
+            examples=args.examples, command="camfast eval faithfulness" + (" --quick" if quick else ""),
+            progress=args.progress, log=log)
+    except (UsageError, FileNotFoundError, ValueError, TypeError, ImportError) as e:
+        return _error(str(e))
+    except OSError as e:
+        return _error(f"cannot write {out}: {e}")
     return 0

@@ -6,7 +6,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from camfast.methods.engine import WeightingRule, gradient_cam
-from camfast.methods.layers import find_layers
+from camfast.methods.layers import default_layer
 from camfast.methods.registry import register
 from camfast.methods.zoomcam import RULE as ELEMENTWISE_RULE
 
@@ -23,9 +23,10 @@ RULE = WeightingRule(gradcam_weights, kernel_mode="gradcam")
 
 def single_layer_cam(model, x, target, layer, rule: WeightingRule, output_size, return_layers, reshape_transform,
                      output_fn, create_graph):
-    """A gradient method on one layer (default: the deepest of ``find_layers(model)``)."""
+    """A gradient method on one layer (default: :func:`camfast.methods.layers.default_layer`, the
+    last convolutional feature map before the global pooling, the Grad-CAM paper's rule)."""
     if layer is None:
-        layer = find_layers(model)[-1]
+        layer = default_layer(model)
     return gradient_cam(model, x, target, layer, rule, fuse="max", output_size=output_size,
                         return_layers=return_layers, reshape_transform=reshape_transform, output_fn=output_fn,
                         create_graph=create_graph, argument="layer", single=True)
@@ -37,8 +38,9 @@ def grad_cam(model, x, target=None, layer=None, output_size=None, *, return_laye
              reshape_transform=None, output_fn=None, create_graph=False):
     """Grad-CAM on one layer: ``M = ReLU(sum_c mean_hw(G_c) A_c)`` (:func:`gradcam_weights`).
 
-    ``layer`` (a module name or module) defaults to the deepest layer of
-    ``camfast.find_layers(model)``. The map is min-max normalised and bilinearly upsampled.
+    ``layer`` (a module name or module) defaults to the paper's choice, the last convolutional
+    feature map before the global pooling (:func:`camfast.methods.layers.default_layer`; on
+    EfficientNet-Lite0 the head activation, where Grad-CAM equals CAM up to normalisation). The map is min-max normalised and bilinearly upsampled.
     Other arguments as for :func:`camfast.zoom_cam`.
     """
     return single_layer_cam(model, x, target, layer, RULE, output_size, return_layers, reshape_transform, output_fn,

@@ -9,7 +9,9 @@ The pipeline of the paper (``seeds/003``), generalised beyond GoogLeNet-GAP:
 3. guided upsampling, each step ``G^f(U^2(cam), S)`` (bilinear x2, then a guided filter
    with the shape guide at that size; :func:`camfast.ops.guided_filter`), the window radius
    per image from the guide's variogram (:func:`variogram_radius`):
-   ``CAM1 -> ... -> size(S1) -> size(S2)`` and ``CAM2 -> ... -> size(S2)``;
+   ``CAM1 -> ... -> size(S1) -> size(S2)`` and ``CAM2 -> ... -> size(S2)``; a CAM already at a
+   guide's size (a stride-8 network) is filtered once at that size without upsampling, so
+   ``S1`` guides CAM1 and ``S2`` guides both, as in the paper's eqs. 2-4;
 4. fusion at full size, ``rCAM3 = rCAM1 * P1[top] + rCAM2 * P2[top]``, normalised to [0, 1];
 5. a dense CRF with ``rCAM3`` / ``1 - rCAM3`` as foreground / background (:mod:`camfast.crf`).
 """
@@ -156,21 +158,29 @@ def _stride8_layer(model: nn.Module, sizes: dict[str, tuple[int, int]], H: int) 
 
 
 def _guided_up(cam: Tensor, guides: Sequence[Tensor], eps: float, radii_log: list[list[int]]) -> Tensor:
-    """``G^f(U^2(cam), S)`` repeatedly until ``cam`` reaches the last guide's size; at each
-    step the guide is the first whose size is at least the target size (resized to it)."""
+    """The guided steps of the paper (eqs. 2-4), each ``G^f(U^2(cam), S)``, through ``guides`` in
+    order: for each guide, bilinear x2 steps until ``cam`` reaches its size (a step below the
+    guide's size uses the guide resized to it), and when ``cam`` already has the guide's size
+    (a network whose CAM is at stride 8, the size of ``S1``) one guided filter at that size
+    with no upsampling, so that every guide filters the map once at its own size:
+    ``CAM1 -> S1 -> S2`` is two guided steps or more and ``CAM2 -> S2`` one or more."""
     from camfast.ops import guided_filter
 
-    target = guides[-1].shape[-2:]
     cur = cam[:, None]
-    while cur.shape[-2] < target[0] or cur.shape[-1] < target[1]:
-        size = (min(cur.shape[-2] * 2, target[0]), min(cur.shape[-1] * 2, target[1]))
-        cur = F.interpolate(cur, size=size, mode="bilinear", align_corners=False)
-        guide = next(g for g in guides if g.shape[-2] >= size[0] and g.shape[-1] >= size[1])
-        if guide.shape[-2:] != size:
-            guide = F.interpolate(guide, size=size, mode="bilinear", align_corners=False)
-        radii = variogram_radius(guide) if min(size) >= 3 else [1] * cur.shape[0]
-        radii_log.append(radii)
-        cur = torch.cat([guided_filter(guide[b:b + 1], cur[b:b + 1], radii[b], eps) for b in range(cur.shape[0])])
+    for final in guides:
+        target = final.shape[-2:]
+        stepped = False
+        while not stepped or cur.shape[-2] < target[0] or cur.shape[-1] < target[1]:
+            size = tuple(min(c * 2, t) if c < t else c for c, t in zip(cur.shape[-2:], target))
+            if cur.shape[-2:] != size:
+                cur = F.interpolate(cur, size=size, mode="bilinear", align_corners=False)
+            guide = final if final.shape[-2:] == size else F.interpolate(final, size=size, mode="bilinear",
+                                                                          align_corners=False)
+            radii = variogram_radius(guide) if min(size) >= 3 else [1] * cur.shape[0]
+            radii_log.append(radii)
+            cur = torch.cat([guided_filter(guide[b:b + 1], cur[b:b + 1], radii[b], eps)
+                             for b in range(cur.shape[0])])
+            stepped = True
     return cur[:, 0]
 
 
@@ -188,7 +198,8 @@ def rcam(model: nn.Module, x: Tensor, target=None, scales: Sequence[float] = (1,
         x: ``(B, 3, H, W)`` normalised images (``I1``); ``I2`` is ``x`` upsampled by ``scales[1]``.
         target: None (top class of ``I1``), an int or one class per image.
         scales: ``(1, 2)``: the two input scales (the paper's 224 and 448).
-        crf: refine with a dense CRF (needs pydensecrf2); ``False`` returns rCAM3.
+        crf: refine with a dense CRF (needs pydensecrf2; its spatial widths scale with the image,
+            :func:`camfast.crf.refine`); ``False`` returns rCAM3.
         shape_layer: the layer giving the shape features (default: the deepest layer of
             :func:`camfast.find_layers` at stride 8).
         eps: guided-filter regularisation (guides are in [0, 1]).

@@ -20,7 +20,7 @@ from collections.abc import Iterable
 
 from torch import nn
 
-__all__ = ["find_layers", "resolve_layers"]
+__all__ = ["default_layer", "find_layers", "resolve_layers"]
 
 _ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.SiLU, nn.GELU, nn.Hardswish, nn.ELU, nn.Mish, nn.PReLU,
                 nn.Hardtanh, nn.SELU, nn.CELU)
@@ -97,6 +97,31 @@ def find_layers(model: nn.Module) -> list[str]:
             "pass layers=[...] (module names or modules) explicitly"
         )
     return layers
+
+
+def default_layer(model: nn.Module) -> str:
+    """The one layer single-layer methods (Grad-CAM, HiResCAM, XGrad-CAM, ...) hook by default.
+
+    Selvaraju et al.'s rule: the last convolutional feature map before the global pooling.
+    That is the last activation that follows a convolution (through a normalisation layer)
+    registered after the deepest of :func:`find_layers` (outside it) and before the first
+    pooling or linear module after it: on EfficientNet-Lite0 the head's activation
+    (``_head_act``, the map entering the pooling, where Grad-CAM reproduces CAM), on
+    MobileNetV2 ``features.18.2``. Where there is none (ResNet, VGG, transformers: the last
+    block's or activation's output already is that map) it is ``find_layers(model)[-1]``.
+
+    Raises:
+        ValueError: as :func:`find_layers`.
+    """
+    layers = find_layers(model)
+    order = {name: i for i, (name, _) in enumerate(model.named_modules())}
+    last = layers[-1]
+    stop = next((order[n] for n, m in model.named_modules()
+                 if order[n] > order[last] and not n.startswith(last + ".")
+                 and (isinstance(m, nn.Linear) or "Pool" in type(m).__name__)), len(order))
+    after = [n for n in _post_conv_activations(model)
+             if order[last] < order[n] < stop and not n.startswith(last + ".")]
+    return after[-1] if after else last
 
 
 def resolve_layers(model: nn.Module, layers: str | nn.Module | Iterable[str | nn.Module] | None,

@@ -336,3 +336,39 @@ def test_the_stamp_names_the_commit_of_a_source_checkout():
     if (REPO / ".git").exists():
         assert st["git"]["commit"] and st["git"]["dirty"] is not None
     assert st["native"]["loaded"] is False or st["native"]["matches_csrc"] is not None
+
+
+@pytest.mark.parametrize("method", ["grad-cam", "cam"])
+def test_maps_are_resized_bicubically_as_wsolevaluation(method):
+    """The table's score map of a one-layer method is wsolevaluation's: the feature-resolution
+    map resized with OpenCV's INTER_CUBIC, then min-max normalised (not camfast's bilinear)."""
+    import cv2
+    from models import resnet_like, seeded
+
+    import camfast
+    from camfast.evaluation.wsol.scoring import compute_maps
+
+    model = seeded(resnet_like)
+    x = torch.randn(2, 3, 48, 40, generator=torch.Generator().manual_seed(3))
+    target = torch.tensor([1, 3])
+    got = compute_maps(method, model, x, target)
+    (raw,) = camfast.methods.get(method)(model, x, target, return_layers=True).layer_maps.values()
+    for b in range(2):
+        want = cv2.resize(raw[b].numpy().astype(np.float32), (40, 48), interpolation=cv2.INTER_CUBIC)
+        want = want - want.min()
+        want = want / want.max()
+        np.testing.assert_allclose(got[b].numpy(), want, atol=1e-5)
+    bilinear = camfast.methods.get(method)(model, x, target)
+    assert float((got - bilinear).abs().max()) > 1e-3  # the two resizes differ
+
+
+def test_maps_of_methods_that_end_at_the_input_size_are_kept():
+    from models import resnet_like, seeded
+
+    import camfast
+    from camfast.evaluation.wsol.scoring import compute_maps
+
+    model = seeded(resnet_like)
+    x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    torch.testing.assert_close(compute_maps("zoom-cam", model, x, torch.tensor([2])),
+                               camfast.normalize(camfast.zoom_cam(model, x, [2])))

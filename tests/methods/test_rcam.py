@@ -96,6 +96,37 @@ def test_crf_batch_in_processes_equals_one_by_one_and_multiclass():
     np.testing.assert_allclose(out.sum(0), 1.0, atol=1e-4)
 
 
+def test_crf_spatial_widths_scale_with_the_image():
+    """The default widths are 3 s and 80 s with s = max(H, W) / 500; explicit widths are kept."""
+    assert crf.scaled_widths(500, 375) == (3.0, 80.0)
+    assert crf.scaled_widths(64, 48) == pytest.approx((3 * 64 / 500, 80 * 64 / 500))
+    pytest.importorskip("pydensecrf")
+    img, prob, _ = _two_region_image(64)
+    g, b = crf.scaled_widths(64, 64)
+    np.testing.assert_array_equal(crf.refine(img, prob), crf.refine(img, prob, sxy_gaussian=g, sxy_bilateral=b))
+    unscaled = crf.refine(img, prob, sxy_gaussian=3, sxy_bilateral=80)
+    assert not np.array_equal(crf.refine(img, prob), unscaled)
+    with pytest.raises(ValueError, match="reference_side"):
+        crf.refine(img, prob, reference_side=0)
+
+
+def test_crf_keeps_the_foreground_of_64_pixel_images():
+    """SyntheticWSOL's 64-pixel images with a soft map of the object (its mask box-blurred): the
+    default CRF keeps the object (on image 6 the widths of a 500-pixel photo erased it: IoU 0)."""
+    pytest.importorskip("pydensecrf")
+    from camfast.evaluation.datasets import SyntheticWSOL
+
+    ds = SyntheticWSOL(16, size=64, seed=0)
+    for i in (1, 6):
+        s = ds[i]
+        img = np.ascontiguousarray((s["image"].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
+        truth = s["mask"].numpy() > 0.5
+        prob = F.avg_pool2d(s["mask"].float()[None, None], 9, 1, 4)[0, 0].numpy() * 0.8 + 0.1
+        refined = crf.refine(img, np.ascontiguousarray(prob, dtype=np.float32)) > 0.5
+        iou = (refined & truth).sum() / max((refined | truth).sum(), 1)
+        assert iou > 0.9, (i, iou)
+
+
 def test_crf_bad_input():
     img, prob, _ = _two_region_image(8)
     with pytest.raises(TypeError, match="image must be uint8"):
@@ -129,6 +160,29 @@ def test_rcam_pipeline_stages():
     plain = camfast.cam(model, x, target=res.targets, return_layers=True)
     torch.testing.assert_close(res.cam1, plain.layer_maps["avgpool"])
     assert all(isinstance(r, int) and r >= 1 for step in res.radii for r in step)
+    # the CAM is already at stride 8 (the size of S1): still the paper's guided steps, eqs. 2-4:
+    # CAM1 filtered with S1 at its size, then x2 and filtered with S2; CAM2 filtered with S2
+    assert len(res.radii) == 3
+    from camfast.localization import normalize
+    from camfast.ops import guided_filter
+
+    feats = {}
+    hook = dict(model.named_modules())["layer2"].register_forward_hook(lambda m, i, o: feats.setdefault(i[0].shape[-1], o))
+    try:
+        model(x)
+        model(F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False))
+    finally:
+        hook.remove()
+    s1, s2 = pca_guide(feats[16].float()), pca_guide(feats[32].float())
+    r1, r2, r3 = res.radii
+
+    def gf(guide, p, radii):
+        return torch.cat([guided_filter(guide[b:b + 1], p[b:b + 1, None], radii[b], 1e-3) for b in range(2)])[:, 0]
+
+    up = lambda m: F.interpolate(m[:, None], scale_factor=2.0, mode="bilinear", align_corners=False)[:, 0]  # noqa: E731
+    torch.testing.assert_close(res.rcam1, gf(s2, up(gf(s1, normalize(res.cam1), r1)), r2))
+    torch.testing.assert_close(res.rcam2, gf(s2, normalize(res.cam2), r3))
+    assert r1 == variogram_radius(s1) and r3 == variogram_radius(s2)
     again = rcam(model, x, crf=False)
     assert torch.equal(again, res.rcam3)
     if pytest.importorskip("pydensecrf"):

@@ -4,9 +4,11 @@ The protocol, per row and image, with the map of the ground-truth class (``targe
 label; for a model whose classes are not the dataset's, its top-1 class, and the
 classification columns are left empty):
 
-* the map comes at the input size (bilinear) and is min-max normalised
-  (:func:`camfast.normalize`), as METHODS.md's evaluation section says (wsolevaluation resizes
-  bicubically);
+* the map is resized to the input size **bicubically** and min-max normalised
+  (:func:`camfast.normalize`), as wsolevaluation (``cv2.resize(..., INTER_CUBIC)``, then
+  ``normalize_scoremap``) and the Rethinking-CAM code do: a one-layer method's map (CAM,
+  Grad-CAM, ...) is taken at its layer's resolution (:func:`native_map`) and resized so; a
+  method whose pipeline ends at the input size (Zoom-CAM's fusion, rCAM) is used as it is;
 * **GT-known Loc** / **Top-1 Loc**: largest-contour box at the row's fixed CAM threshold
   (0.2 of the max; PaS rows 0.35 of the 90th percentile, i.e. the map normalised with
   ``camfast.normalize(method="percentile", q=90)``), IoU >= 0.5 (:class:`camfast.metrics.GTKnownLoc`,
@@ -30,7 +32,8 @@ from torch import Tensor, nn
 
 from camfast.evaluation.wsol.rows import Row
 
-__all__ = ["FRACTIONS", "METRIC_COLUMNS", "MIOU_THRESHOLDS", "MIoUSweep", "Scorer", "compute_maps", "fmt", "score_rows", "spans"]
+__all__ = ["FRACTIONS", "METRIC_COLUMNS", "MIOU_THRESHOLDS", "MIoUSweep", "Scorer", "bicubic_score_map", "compute_maps", "fmt",
+           "native_map", "score_rows", "spans"]
 
 METRIC_COLUMNS = (
     ("top1_cls", "Top-1 cls"), ("gt_known_loc", "GT-known Loc"), ("top1_loc", "Top-1 Loc"),
@@ -42,8 +45,36 @@ FRACTIONS = ("mae", "f_ois", "f_ods")
 MIOU_THRESHOLDS = tuple(round(0.05 * k, 2) for k in range(1, 20))
 
 
+def native_map(result: Any, batch: int) -> Tensor | None:
+    """The one feature-resolution map ``(B, h, w)`` of a ``return_layers=True`` result of a
+    single-layer method (a :class:`~camfast.methods.engine.CAMResult` with one layer map), or
+    None (several layers fused, rCAM's stages, several classes per image)."""
+    from camfast.methods.engine import CAMResult
+
+    if not isinstance(result, CAMResult) or len(result.layer_maps) != 1:
+        return None
+    (m,) = result.layer_maps.values()
+    if not isinstance(m, Tensor) or m.dim() != 3 or m.shape[0] != batch:
+        return None
+    return m
+
+
+def bicubic_score_map(m: Tensor, size: tuple[int, int]) -> Tensor:
+    """wsolevaluation's score map: ``m (B, h, w)`` resized to ``size`` bicubically (``a = -0.75``,
+    half-pixel centres, edge pixels replicated: OpenCV's ``INTER_CUBIC``), then min-max normalised
+    per image (a constant map becomes zeros)."""
+    from camfast.localization import normalize
+    from camfast.methods.engine import unit_scale
+
+    m = unit_scale(torch.nan_to_num(m.detach().float()))  # scale-free: normalize's eps is then negligible
+    if tuple(m.shape[-2:]) != tuple(size):
+        m = torch.nn.functional.interpolate(m[:, None], size=size, mode="bicubic", align_corners=False)[:, 0]
+    return normalize(m)
+
+
 def compute_maps(method: str, model: nn.Module, x: Tensor, target: Tensor, images: Tensor | None = None) -> Tensor:
-    """``(B, H, W)`` map of class ``target`` for ``x``, at the input size, min-max normalised.
+    """``(B, H, W)`` map of class ``target`` for ``x``, at the input size, min-max normalised
+    (bicubic from the layer's resolution for a one-layer method: see the module docstring).
 
     Args:
         method: a method of :mod:`camfast.methods.registry` (any spelling; the table's rows
@@ -60,6 +91,12 @@ def compute_maps(method: str, model: nn.Module, x: Tensor, target: Tensor, image
     kwargs = {}
     if spec.takes_image and images is not None:
         kwargs["image"] = (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    if spec.accepts("return_layers"):
+        result = spec(model, x, target, return_layers=True, **kwargs)
+        m = native_map(result, x.shape[0])
+        if m is not None:
+            return bicubic_score_map(m, tuple(x.shape[-2:]))
+        return normalize(result.cam.float())
     return normalize(spec(model, x, target, **kwargs).float())
 
 
