@@ -5,7 +5,8 @@ CPU kernel (``tests/torchvision_shim.py`` declares the schema so that torchvisio
 Faster R-CNN, RetinaNet and FCOS call ``torchvision.ops.boxes.batched_nms``, which calls the
 module's ``nms``; :func:`ensure_nms` replaces that ``nms`` with a plain greedy NMS
 (:func:`greedy_nms`, the same rule: boxes by descending score, each kept box suppresses the
-later ones whose IoU with it exceeds the threshold) only when the compiled one fails.
+later ones whose IoU with it exceeds the threshold) only when the compiled one fails, and
+then lets compiled backwards keep their buffers (the roi_align fallback is compiled).
 Pytest-free, shared by the detection tests.
 """
 
@@ -50,4 +51,8 @@ def ensure_nms():
     except (RuntimeError, NotImplementedError):
         torchvision.ops.boxes.nms = greedy_nms
         torchvision.ops.nms = greedy_nms
+        # Without the compiled ops, roi_align (Faster R-CNN) runs torchvision's Python fallback
+        # through torch.compile, whose backward donates its buffers and so refuses
+        # retain_graph=True: one backward per round of targets needs it.
+        torch._functorch.config.donated_buffer = False
     return torchvision

@@ -272,6 +272,12 @@ class _LayerTap:
             self.activation = None  # the gradient and our reference to the activation go now
 
 
+def _zero_map(x: Tensor, tap: _LayerTap) -> Tensor:
+    """The map of a layer the score of a round does not depend on."""
+    assert tap.spatial is not None
+    return x.new_zeros((x.shape[0], *tap.spatial), dtype=torch.float32)
+
+
 def _no_gradient(name: str) -> RuntimeError:
     return RuntimeError(
         f"the gradient of the target score is zero at every position of layer {name!r} (it never reaches "
@@ -279,6 +285,33 @@ def _no_gradient(name: str) -> RuntimeError:
         "class-token head): its map would be blank; choose a layer the score depends on "
         "(camfast.find_layers(model) lists ones it reaches)"
     )
+
+
+def _check_reached(names: list[str], zero: list[list[bool]], zero_all: list[list[bool]], multi: bool) -> None:
+    """Errors for gradients that make a map say nothing; ``zero[l][j]``: layer ``l``'s gradient
+    is zero at every patch position in round ``j`` (``zero_all``: at every position at all).
+
+    * a round in which no layer has a gradient: its fused map would be blank (the target does
+      not depend on the image, or every layer is one the score does not reach);
+    * a layer whose gradient reaches only its non-patch tokens in every round (a vision
+      transformer's last block under a class-token head, pytorch-grad-cam #513).
+
+    A layer with no gradient in some rounds only (a detection scored from another pyramid
+    level) has a zero map there: the fusion of the other layers is unchanged by it."""
+    for j in range(len(zero[0]) if zero else 0):
+        if all(z[j] for z in zero):
+            tokens_only = [n for n, z, za in zip(names, zero, zero_all) if z[j] and not za[j]]
+            if tokens_only:
+                raise _no_gradient(tokens_only[0])
+            raise RuntimeError(
+                "the gradient of the target score is zero at every chosen layer"
+                + (f" (round {j} of several targets per image)" if multi else "")
+                + ": the score does not depend on the image there (an empty target region? no detection "
+                "matching the reference boxes?); its maps would be blank"
+            )
+    for n, z, za in zip(names, zero, zero_all):
+        if all(z) and not all(za):
+            raise _no_gradient(n)
 
 
 def _detached(out: Tensor | list) -> Tensor | list:
@@ -350,9 +383,14 @@ def gradient_layer_maps(
                     torch.autograd.grad(score, (wrt,), retain_graph=create_graph or not last,
                                         create_graph=create_graph, allow_unused=True)
                     for tap, kept, got, got_all in zip(taps, rounds, reach, reach_all):
-                        kept.append(tap.map)
-                        got.append(tap.reach)
-                        got_all.append(tap.reach_all)
+                        if tap.map is None:  # not reached in this round: a zero map (an error if never)
+                            kept.append(_zero_map(x, tap))
+                            got.append(None)
+                            got_all.append(None)
+                        else:
+                            kept.append(tap.map)
+                            got.append(tap.reach)
+                            got_all.append(tap.reach_all)
                         tap.map = tap.reach = tap.reach_all = None
         finally:
             for h in handles:
@@ -362,22 +400,13 @@ def gradient_layer_maps(
     for tap, got in zip(taps, reach):
         if tap.calls == 0:
             raise RuntimeError(f"layer {tap.name!r} did not run in the forward pass")
-        if any(r is None for r in got):
+        if got and all(r is None for r in got):
             raise _no_gradient(tap.name)
-    if scores:  # one synchronisation for every layer and round: zero[l][j], zero[L + l][j]
-        zero = (torch.stack([torch.stack([r.float() for r in got]) for got in reach + reach_all]) == 0).tolist()
-        zero, zero_all = zero[:len(taps)], zero[len(taps):]
-        for j in range(len(scores)):
-            if all(z[j] for z in zero_all):  # nothing reaches any layer: the target, not the layers
-                raise RuntimeError(
-                    "the gradient of the target score is zero at every chosen layer"
-                    + (f" (round {j} of several targets per image)" if multi else "")
-                    + ": the score does not depend on the image there (an empty target region? no detection "
-                    "matching the reference boxes?); its maps would be blank"
-                )
-        for tap, z in zip(taps, zero):
-            if any(z):
-                raise _no_gradient(tap.name)
+    if scores:  # one synchronisation for every layer and round: zero[l][j], zero_all[l][j]
+        none = x.new_zeros((), dtype=torch.float32)
+        zero = (torch.stack([torch.stack([none if r is None else r.float() for r in got])
+                             for got in reach + reach_all]) == 0).tolist()
+        _check_reached([t.name for t in taps], zero[:len(taps)], zero[len(taps):], multi)
     maps = []
     for tap, kept in zip(taps, rounds):
         if multi:
