@@ -4,9 +4,9 @@ Usage:
     python benchmarks/methods.py [--models resnet50,vgg16] [--batch 8] [--size 224]
         [--providers limit,zoom_cam,...] [--repeat N] [--warmup N] [--device cpu|cuda] [--quick] [--no-write]
 
-For each model (torchvision, random weights, eval mode, float32 on the CPU, or on the GPU
-with ``--device cuda``) every provider
-runs in a fresh Python process: build the model and the input, then (peak-memory window
+For each model (torchvision, or timm with ``timm:<name>``; random weights, eval mode,
+float32 on the CPU, or on the GPU with ``--device cuda``) every provider runs in a fresh
+Python process: build the model and the input, then (peak-memory window
 opened here) one checked call, the warm-up calls and ``--repeat`` timed calls. It reports
 the median and p20/p80 milliseconds per call and the peak resident memory the calls added
 above the post-setup RSS, each also as a ratio to the limit:
@@ -113,9 +113,16 @@ LIMITS = ("limit", "limit-after")
 
 # =========================================================================== worker (one process)
 
-def build_model(name: str) -> torch.nn.Module:
+def build_model(name: str, size: int | None = None) -> torch.nn.Module:
+    """A torchvision model by name, or ``timm:<name>`` (timm, random weights; a vision
+    transformer is built for ``size`` x ``size`` inputs), in eval mode."""
     torchvision = import_torchvision()
     torch.manual_seed(0)
+    if name.startswith("timm:"):
+        import timm
+
+        kwargs = {"img_size": size} if size is not None and ("vit" in name or "deit" in name) else {}
+        return timm.create_model(name[len("timm:"):], pretrained=False, **kwargs).eval()
     return getattr(torchvision.models, name)(weights=None).eval()
 
 
@@ -238,7 +245,7 @@ def run_worker(spec: Mapping[str, Any]) -> None:
     import camfast
 
     device = torch.device(spec.get("device", "cpu"))
-    model = build_model(spec["model"]).to(device)
+    model = build_model(spec["model"], spec["size"]).to(device)
     x = harness.randn((spec["batch"], 3, spec["size"], spec["size"]), torch.float32, device, seed=1)
     layers = camfast.find_layers(model)
     for provider in spec["providers"]:
@@ -274,7 +281,8 @@ def run_worker(spec: Mapping[str, Any]) -> None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--models", help=f"comma-separated torchvision models (default {','.join(DEFAULT_MODELS)}; "
+    p.add_argument("--models", help=f"comma-separated torchvision models, or timm:<name> (e.g. "
+                   f"timm:vit_tiny_patch16_224) (default {','.join(DEFAULT_MODELS)}; "
                    f"{','.join(QUICK_MODELS)} with --quick)")
     p.add_argument("--batch", type=int, help="images per call (default 8; 2 with --quick)")
     p.add_argument("--size", type=int, help="image side in pixels (default 224; 64 with --quick)")

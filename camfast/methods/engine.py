@@ -6,7 +6,11 @@ package): a method file composes these pieces and registers itself with
 
 Gradient methods (:func:`gradient_cam`) run one forward and one backward for the batch:
 
-1. forward hooks keep each chosen layer's output ``A_l`` (and register a tensor hook on it);
+0. the model is unwrapped (data-parallel, ``torch.compile``) and in eval mode for the pass,
+   every module's ``training`` flag restored after it (:mod:`camfast.methods.state`);
+1. forward hooks (acting only on the calling thread's forward) keep each chosen layer's
+   output ``A_l``, decide once how it is laid out as ``(B, C, h, w)`` (tokens,
+   channels-last: :mod:`camfast.methods.tokens`) and register a tensor hook on it;
 2. the target score ``S = sum_b target_b(output_b)`` is differentiated with
    ``torch.autograd.grad`` towards the *input* only (towards the layer's output when a
    single layer is hooked: the backward then stops there), so no parameter gradient is
@@ -16,14 +20,17 @@ Gradient methods (:func:`gradient_cam`) run one forward and one backward for the
    tensor hook turns ``(A_l, G_l)`` into the layer's map with the method's
    :class:`WeightingRule` (a fused ``camfast::grad_weighted_map`` mode when the rule has
    one, else its Python function) and lets the gradient go: no list of all layers'
-   gradients is ever held (streaming);
+   gradients is ever held (streaming); a layer whose gradient is zero everywhere (the
+   score does not reach it) is an error, not a blank map;
 4. the per-layer maps are min-max normalised, bilinearly upsampled and fused by
    ``camfast::upsample_aggregate`` without materialising every upsampled layer
    (:func:`fuse_maps`).
 
 Classifier-weight methods (CAM and its relatives) use :func:`classifier_head` and
 :func:`pooled_features` (one forward, no backward). What a ``target`` may be (one class,
-several per image, names, callables) is :mod:`camfast.methods.targets`. Hooks are removed in every case
+several per image, names, callables, regions of a segmentation, detections) is
+:mod:`camfast.methods.targets` (:func:`~camfast.methods.targets.score_plan`); what a model
+output may be is :func:`model_output`. Hooks are removed in every case
 (errors, KeyboardInterrupt).
 """
 
@@ -31,20 +38,24 @@ from __future__ import annotations
 
 import numbers
 import operator
-from collections.abc import Callable, Iterable, Sequence
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
+from camfast.methods.detection import is_detections
 from camfast.methods.layers import resolve_layers
-from camfast.methods.targets import ClassSets, Target, class_names_of, class_sets, is_multi_target, target_score
+from camfast.methods.state import cam_mode, input_for, unwrap
+from camfast.methods.targets import ClassSets, Target, class_names_of, score_plan
+from camfast.methods.tokens import ModelHints, SpatialLayout, infer_layout, model_hints
 from camfast.nn import ThresholdedAvgPool2d
 from camfast.ops import grad_weighted_map, upsample_aggregate
 
 __all__ = [
-    "CAMResult", "ClassifierHead", "Layers", "OutputSize", "WeightingRule", "check_input", "classifier_head", "class_maps", "fuse_maps", "gradient_cam", "gradient_layer_maps", "logits_of", "pooled_features", "result_size", "unit_scale",
+    "CAMResult", "ClassifierHead", "Layers", "OutputSize", "WeightingRule", "check_input", "classifier_head", "class_maps", "fuse_maps", "gradient_cam", "gradient_layer_maps", "logits_of", "model_output", "pooled_features", "predict", "result_size", "unit_scale",
 ]
 
 Layers = str | nn.Module | Iterable[str | nn.Module] | None
@@ -103,18 +114,57 @@ def result_size(x: Tensor, size: OutputSize) -> tuple[int, int]:
     return h, w
 
 
-def logits_of(out: Any, output_fn: Callable[[Any], Tensor] | None) -> Tensor:
-    """The ``(B, num_classes)`` scores in a model output (``output_fn`` picks them when given)."""
+def model_output(out: Any, output_fn: Callable[[Any], Any] | None = None) -> Tensor | list:
+    """The scores in a model output: a tensor ``(B, K)`` or ``(B, K, ...)`` (dense), or a
+    detector's list of per-image dicts (:mod:`camfast.methods.detection`).
+
+    Without ``output_fn``: a tensor as it is; an object with a ``.logits`` tensor (Hugging
+    Face outputs, torchvision's ``InceptionOutputs``); a mapping's ``"logits"`` or ``"out"``
+    tensor (torchvision segmentation models); the one ``(B, K)`` tensor of a tuple or list.
+    Anything else, or a tuple with several candidates, is a ``TypeError`` asking for
+    ``output_fn``."""
     if output_fn is not None:
         out = output_fn(out)
-    if not isinstance(out, Tensor):
+    if isinstance(out, Tensor) or is_detections(out):
+        return out
+    logits = getattr(out, "logits", None)
+    if isinstance(logits, Tensor):
+        return logits
+    if isinstance(out, Mapping):
+        for key in ("logits", "out"):
+            if isinstance(out.get(key), Tensor):
+                return out[key]
+    if isinstance(out, (tuple, list)):
+        found = [o for o in out if isinstance(o, Tensor) and o.dim() == 2]
+        if len(found) == 1:
+            return found[0]
+        shapes = [tuple(o.shape) if isinstance(o, Tensor) else type(o).__name__ for o in out][:6]
         raise TypeError(
-            f"the model returned {type(out).__name__}, not a tensor of class scores; pass "
-            "output_fn=... to pick the logits (e.g. output_fn=lambda out: out[0])"
+            f"the model returned a {type(out).__name__} of {len(out)} items {shapes}, "
+            f"{'several' if found else 'none'} of them (B, num_classes) scores; pass output_fn=... to pick "
+            "the logits (e.g. output_fn=lambda out: out[0])"
         )
-    if out.dim() != 2:
-        raise ValueError(f"expected the model's class scores as (B, num_classes), got shape {tuple(out.shape)}")
+    raise TypeError(
+        f"the model returned {type(out).__name__}, not a tensor of class scores; pass "
+        "output_fn=... to pick the logits (e.g. output_fn=lambda out: out[0])"
+    )
+
+
+def logits_of(out: Any, output_fn: Callable[[Any], Tensor] | None) -> Tensor:
+    """The ``(B, num_classes)`` scores in a model output (:func:`model_output`, then a 2-D check)."""
+    out = model_output(out, output_fn)
+    if not isinstance(out, Tensor) or out.dim() != 2:
+        shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        raise ValueError(f"expected the model's class scores as (B, num_classes), got shape {shape}")
     return out
+
+
+def predict(model: nn.Module, x: Tensor, output_fn: Callable[[Any], Tensor] | None = None) -> Tensor:
+    """The model's ``(B, num_classes)`` scores for ``x`` (detached), in one forward under
+    ``torch.no_grad`` with the model unwrapped and in eval mode (:func:`camfast.methods.state.cam_mode`:
+    a training-mode model's BatchNorm statistics are not updated)."""
+    with cam_mode(model) as net, torch.no_grad():
+        return logits_of(net(input_for(net, x)), output_fn).detach()
 
 
 # ------------------------------------------------------------------------------ gradient methods
@@ -140,29 +190,46 @@ class WeightingRule:
 
 
 class _LayerTap:
-    """A forward hook that keeps one layer's output and maps it as its gradient arrives."""
+    """A forward hook that keeps one layer's output and maps it as its gradient arrives.
 
-    def __init__(self, name: str, rule: WeightingRule, reshape_transform: Callable[[Tensor], Tensor] | None,
-                 create_graph: bool) -> None:
+    It acts only on forwards run by the thread that created it (another thread's forward of
+    the same model passes through untouched), lays the output out as ``(B, C, h, w)`` once
+    (:func:`camfast.methods.tokens.infer_layout`) and applies that layout to the gradient."""
+
+    def __init__(self, name: str, module: nn.Module, rule: WeightingRule,
+                 reshape_transform: Callable[[Tensor], Tensor] | None, create_graph: bool,
+                 image: tuple[int, int], hints: ModelHints) -> None:
         self.name = name
+        self.module = module
         self.rule = rule
         self.reshape_transform = reshape_transform
         self.create_graph = create_graph
+        self.image = image
+        self.hints = hints
+        self.thread = threading.get_ident()
+        self.layout: SpatialLayout | None = None
         self.activation: Tensor | None = None
         self.version = 0
         self.calls = 0
         self.map: Tensor | None = None
+        self.reach: Tensor | None = None  # max |G| over the patch positions of the last backward
+        self.reach_all: Tensor | None = None  # max |G| over the whole output
         self.spatial: tuple[int, int] | None = None
         self.keep_activation = False  # several backwards (one per round of classes) reuse it
 
     def forward_hook(self, module: nn.Module, inputs: Any, output: Any) -> None:
+        if threading.get_ident() != self.thread:
+            return  # another thread's forward of the same model: not ours
         self.calls += 1
         if self.calls > 1:
             raise RuntimeError(
                 f"layer {self.name!r} ran more than once in one forward pass; choose layers that run once"
             )
         if not isinstance(output, Tensor):
-            raise TypeError(f"layer {self.name!r} returned {type(output).__name__}; camfast needs a tensor output")
+            raise TypeError(f"layer {self.name!r} returned {type(output).__name__}; camfast needs a tensor output "
+                            "(for a module returning a dict or tuple, hook one of its submodules)")
+        self.layout = infer_layout(self.name, self.module, tuple(output.shape), self.image, self.hints,
+                                   self.reshape_transform)
         self.activation = output
         self.version = output._version
         feat = self._features(output.detach())
@@ -171,12 +238,11 @@ class _LayerTap:
             output.register_hook(self.gradient_hook)
 
     def _features(self, t: Tensor) -> Tensor:
-        if self.reshape_transform is not None:
-            t = self.reshape_transform(t)
+        assert self.layout is not None
+        t = self.layout(t)
         if t.dim() != 4:
             raise ValueError(
-                f"layer {self.name!r} gives shape {tuple(t.shape)}, not (B, C, h, w); "
-                "pass reshape_transform=... for token outputs (vision transformers)"
+                f"layer {self.name!r} gives shape {tuple(t.shape)} after reshape_transform, not (B, C, h, w)"
             )
         return t
 
@@ -196,10 +262,62 @@ class _LayerTap:
         a, g = self._features(act), self._features(grad)
         if g.dtype != a.dtype:
             g = g.to(a.dtype)
+        self.reach = torch.linalg.vector_norm(g.detach(), float("inf"))
+        # the whole output's gradient too when the layout drops part of it (non-patch tokens)
+        self.reach_all = self.reach if self.layout.kind in ("nchw", "nhwc") else \
+            torch.linalg.vector_norm(grad.detach(), float("inf"))
         with torch.set_grad_enabled(self.create_graph):
             self.map = self.rule(a, g)
         if not self.keep_activation:
             self.activation = None  # the gradient and our reference to the activation go now
+
+
+def _zero_map(x: Tensor, tap: _LayerTap) -> Tensor:
+    """The map of a layer the score of a round does not depend on."""
+    assert tap.spatial is not None
+    return x.new_zeros((x.shape[0], *tap.spatial), dtype=torch.float32)
+
+
+def _no_gradient(name: str) -> RuntimeError:
+    return RuntimeError(
+        f"the gradient of the target score is zero at every position of layer {name!r} (it never reaches "
+        "that layer, or only its non-patch tokens, e.g. a vision transformer's last block under a "
+        "class-token head): its map would be blank; choose a layer the score depends on "
+        "(camfast.find_layers(model) lists ones it reaches)"
+    )
+
+
+def _check_reached(names: list[str], zero: list[list[bool]], zero_all: list[list[bool]], multi: bool) -> None:
+    """Errors for gradients that make a map say nothing; ``zero[l][j]``: layer ``l``'s gradient
+    is zero at every patch position in round ``j`` (``zero_all``: at every position at all).
+
+    * a round in which no layer has a gradient: its fused map would be blank (the target does
+      not depend on the image, or every layer is one the score does not reach);
+    * a layer whose gradient reaches only its non-patch tokens in every round (a vision
+      transformer's last block under a class-token head, pytorch-grad-cam #513).
+
+    A layer with no gradient in some rounds only (a detection scored from another pyramid
+    level) has a zero map there: the fusion of the other layers is unchanged by it."""
+    for j in range(len(zero[0]) if zero else 0):
+        if all(z[j] for z in zero):
+            tokens_only = [n for n, z, za in zip(names, zero, zero_all) if z[j] and not za[j]]
+            if tokens_only:
+                raise _no_gradient(tokens_only[0])
+            raise RuntimeError(
+                "the gradient of the target score is zero at every chosen layer"
+                + (f" (round {j} of several targets per image)" if multi else "")
+                + ": the score does not depend on the image there (an empty target region? no detection "
+                "matching the reference boxes?); its maps would be blank"
+            )
+    for n, z, za in zip(names, zero, zero_all):
+        if all(z) and not all(za):
+            raise _no_gradient(n)
+
+
+def _detached(out: Tensor | list) -> Tensor | list:
+    if isinstance(out, Tensor):
+        return out.detach()
+    return [{k: (v.detach() if isinstance(v, Tensor) else v) for k, v in d.items()} for d in out]
 
 
 def gradient_layer_maps(
@@ -207,83 +325,95 @@ def gradient_layer_maps(
     reshape_transform: Callable[[Tensor], Tensor] | None = None,
     output_fn: Callable[[Any], Tensor] | None = None, create_graph: bool = False,
 ) -> tuple[list[Tensor], Tensor, Tensor | ClassSets | None]:
-    """One forward and a streaming backward: ``(per-layer maps, logits, classes)``.
+    """One forward and a streaming backward: ``(per-layer maps, model output, targets)``.
 
     ``layers`` are ``(name, module)`` pairs (:func:`camfast.methods.layers.resolve_layers`);
-    each map is ``rule(A_l, G_l)`` as ``(B, h_l, w_l)``, zero for a layer the score does not
-    depend on. With several classes per image (:func:`is_multi_target`) the forward still
-    runs once, then one backward per round of classes (image ``b``'s ``j``-th class in round
-    ``j``, all images at once): maps are ``(R, B, h_l, w_l)`` and the classes a
-    :class:`ClassSets`.
+    each map is ``rule(A_l, G_l)`` as ``(B, h_l, w_l)``, with ``A_l`` and ``G_l`` laid out
+    as ``(B, C, h, w)`` by :mod:`camfast.methods.tokens` (or ``reshape_transform``). The model
+    runs unwrapped and in eval mode (:func:`camfast.methods.state.cam_mode`). What is
+    differentiated is :func:`camfast.methods.targets.score_plan`'s: with several targets per
+    image the forward still runs once, then one backward per round (image ``b``'s ``j``-th
+    target in round ``j``, all images at once): maps are ``(R, B, h_l, w_l)`` and the targets
+    a :class:`ClassSets`.
+
+    Raises:
+        ValueError: a non-finite model output (naming the image and the class).
+        RuntimeError: a layer that did not run, or that the gradient does not reach.
     """
-    multi = is_multi_target(target)
-    taps = [_LayerTap(name, rule, reshape_transform, create_graph) for name, _ in layers]
-    for tap in taps:
-        tap.keep_activation = multi
-    handles = []
-    rounds: list[list[Tensor]] = [[] for _ in taps]
-    try:
-        for tap, (_, module) in zip(taps, layers):
-            handles.append(module.register_forward_hook(tap.forward_hook))
-        # Gradients are needed even when the caller is in no_grad or inference_mode; an
-        # inference tensor as input is cloned into a normal one.
-        with torch.inference_mode(False), torch.enable_grad():
-            # Differentiate towards the input only: every hooked layer lies between it and
-            # the score, so each tap's hook fires, and no parameter gradient is computed.
-            if x.is_inference():
-                x = x.clone()
-            x_in = x if x.requires_grad else x.detach().requires_grad_(True)
-            logits = logits_of(model(x_in), output_fn)
-            if multi:
-                sets = class_sets(logits, target, class_names_of(model))
-                scores = [_round_score(logits, sets.rounds[j]) for j in range(sets.rounds.shape[0])]
-                idx: Tensor | ClassSets | None = sets
-            else:
-                score, idx = target_score(logits, target, class_names_of(model))
-                scores = [score]
-            if scores and not scores[0].requires_grad:
-                raise RuntimeError("the target score does not depend on the input: is the model frozen in no_grad?")
-            wrt = x_in
-            act = taps[0].activation if len(taps) == 1 else None
-            if act is not None and act.requires_grad and act._version == taps[0].version:
-                # One layer (Grad-CAM): the backward stops at that layer's output instead of
-                # running through every layer below it (its hook fires all the same). Not
-                # when the output was modified in place: the input then, and the hook raises.
-                wrt = act
-            del act
-            for j, score in enumerate(scores):
-                last = j == len(scores) - 1
-                torch.autograd.grad(score, (wrt,), retain_graph=create_graph or not last, create_graph=create_graph,
-                                    allow_unused=True)
-                for tap, kept in zip(taps, rounds):
-                    kept.append(tap.map if tap.map is not None else _zero_map(x, tap))
-                    tap.map = None
-    finally:
-        for h in handles:
-            h.remove()
-        for tap in taps:
-            tap.activation = None
-    maps = []
-    for tap, kept in zip(taps, rounds):
+    H, W = int(x.shape[-2]), int(x.shape[-1])
+    with cam_mode(model) as net:
+        hints = model_hints(net)
+        taps = [_LayerTap(name, module, rule, reshape_transform, create_graph, (H, W), hints)
+                for name, module in layers]
+        handles = []
+        rounds: list[list[Tensor]] = [[] for _ in taps]
+        reach: list[list[Tensor | None]] = [[] for _ in taps]
+        reach_all: list[list[Tensor | None]] = [[] for _ in taps]
+        try:
+            for tap, (_, module) in zip(taps, layers):
+                handles.append(module.register_forward_hook(tap.forward_hook))
+            # Gradients are needed even when the caller is in no_grad or inference_mode; an
+            # inference tensor as input is cloned into a normal one.
+            with torch.inference_mode(False), torch.enable_grad():
+                # Differentiate towards the input only: every hooked layer lies between it and
+                # the score, so each tap's hook fires, and no parameter gradient is computed.
+                if x.is_inference():
+                    x = x.clone()
+                x = input_for(net, x)
+                x_in = x if x.requires_grad else x.detach().requires_grad_(True)
+                output = model_output(net(x_in), output_fn)
+                plan = score_plan(output, target, class_names_of(net))
+                multi = plan.sets is not None
+                for tap in taps:
+                    tap.keep_activation = multi
+                scores = [s.sum() for s in plan.scores]
+                if scores and not scores[0].requires_grad:
+                    raise RuntimeError("the target score does not depend on the input: is the model frozen in "
+                                       "no_grad, or did no detection match the target?")
+                wrt = x_in
+                act = taps[0].activation if len(taps) == 1 else None
+                if act is not None and act.requires_grad and act._version == taps[0].version:
+                    # One layer (Grad-CAM): the backward stops at that layer's output instead of
+                    # running through every layer below it (its hook fires all the same). Not
+                    # when the output was modified in place: the input then, and the hook raises.
+                    wrt = act
+                del act
+                for j, score in enumerate(scores):
+                    last = j == len(scores) - 1
+                    torch.autograd.grad(score, (wrt,), retain_graph=create_graph or not last,
+                                        create_graph=create_graph, allow_unused=True)
+                    for tap, kept, got, got_all in zip(taps, rounds, reach, reach_all):
+                        if tap.map is None:  # not reached in this round: a zero map (an error if never)
+                            kept.append(_zero_map(x, tap))
+                            got.append(None)
+                            got_all.append(None)
+                        else:
+                            kept.append(tap.map)
+                            got.append(tap.reach)
+                            got_all.append(tap.reach_all)
+                        tap.map = tap.reach = tap.reach_all = None
+        finally:
+            for h in handles:
+                h.remove()
+            for tap in taps:
+                tap.activation = None
+    for tap, got in zip(taps, reach):
         if tap.calls == 0:
             raise RuntimeError(f"layer {tap.name!r} did not run in the forward pass")
+        if got and all(r is None for r in got):
+            raise _no_gradient(tap.name)
+    if scores:  # one synchronisation for every layer and round: zero[l][j], zero_all[l][j]
+        none = x.new_zeros((), dtype=torch.float32)
+        zero = (torch.stack([torch.stack([none if r is None else r.float() for r in got])
+                             for got in reach + reach_all]) == 0).tolist()
+        _check_reached([t.name for t in taps], zero[:len(taps)], zero[len(taps):], multi)
+    maps = []
+    for tap, kept in zip(taps, rounds):
         if multi:
             maps.append(torch.stack(kept) if kept else x.new_zeros((0, x.shape[0], *tap.spatial)))
         else:
-            maps.append(kept[0] if kept else _zero_map(x, tap))
-    return maps, logits.detach(), idx
-
-
-def _zero_map(x: Tensor, tap: _LayerTap) -> Tensor:
-    """The map of a layer the score does not depend on."""
-    assert tap.spatial is not None
-    return x.new_zeros((x.shape[0], *tap.spatial), dtype=torch.float32)
-
-
-def _round_score(logits: Tensor, classes: Tensor) -> Tensor:
-    """``sum_b logits[b, classes[b]]`` over the images with a class in this round (``>= 0``)."""
-    picked = logits.gather(1, classes.clamp_min(0)[:, None])[:, 0]
-    return torch.where(classes >= 0, picked, torch.zeros_like(picked)).sum()
+            maps.append(kept[0])
+    return maps, _detached(output), plan.sets if multi else plan.targets
 
 
 def unit_scale(m: Tensor) -> Tensor:
@@ -351,7 +481,7 @@ class ClassifierHead(NamedTuple):
 
 def classifier_head(model: nn.Module, method: str = "camfast.cam") -> ClassifierHead:
     """The global pooling module and the linear layer after it (last of each, in order)."""
-    modules = list(model.named_modules())
+    modules = list(unwrap(model).named_modules())
     linears = [(i, n, m) for i, (n, m) in enumerate(modules) if isinstance(m, nn.Linear)]
     pools = [(i, n, m) for i, (n, m) in enumerate(modules) if isinstance(m, _POOLS)]
     if linears and pools:
@@ -377,17 +507,22 @@ def pooled_features(model: nn.Module, x: Tensor, head: ClassifierHead,
     """
     got: list[Tensor] = []
     outs: dict[str, Tensor] = {}
+    thread = threading.get_ident()  # another thread's forward of the same model is not ours
 
     def keep_output(name: str, out: Any) -> None:
-        if isinstance(out, Tensor) and (keep is None or keep(out)):
+        if threading.get_ident() == thread and isinstance(out, Tensor) and (keep is None or keep(out)):
             outs[name] = out
 
-    hooks = [head.pool.register_forward_pre_hook(lambda m, i: got.append(i[0]))]
+    def keep_input(module: nn.Module, inputs: Any) -> None:
+        if threading.get_ident() == thread:
+            got.append(inputs[0])
+
+    hooks = [head.pool.register_forward_pre_hook(keep_input)]
     for n, m in (capture or {}).items():
         hooks.append(m.register_forward_hook(lambda mod, i, o, n=n: keep_output(n, o)))
     try:
-        with torch.no_grad():
-            logits = logits_of(model(x), output_fn)
+        with cam_mode(model) as net, torch.no_grad():
+            logits = logits_of(net(input_for(net, x)), output_fn)
     finally:
         for h in hooks:
             h.remove()
@@ -406,9 +541,9 @@ def class_maps(model: nn.Module, x: Tensor) -> Tensor:
     """All classes' maps ``(B, K, h, w)`` float32 of a classifier: the model's own
     ``class_maps(x)`` method when it has one, else ``W @ features`` of its
     :func:`classifier_head` (one forward, no gradient)."""
-    own = getattr(model, "class_maps", None)
+    own = getattr(unwrap(model), "class_maps", None)
     if callable(own):
-        with torch.no_grad():
+        with cam_mode(model), torch.no_grad():
             return own(x).float()
     head = classifier_head(model)
     _, feats, _ = pooled_features(model, x, head)

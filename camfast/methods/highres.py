@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from camfast.localization import normalize
-from camfast.methods.engine import CAMResult, check_input, classifier_head, logits_of, pooled_features, result_size
+from camfast.methods.engine import CAMResult, check_input, classifier_head, pooled_features, predict, result_size
 from camfast.methods.layers import resolve_layers
 from camfast.methods.registry import register, register_variant
 from camfast.methods.targets import class_names_of, class_sets, each_class, is_multi_target, target_indices
@@ -219,8 +219,7 @@ def rcam(model: nn.Module, x: Tensor, target=None, scales: Sequence[float] = (1,
     x = check_input(x)
     size = result_size(x, output_size)
     if is_multi_target(target):  # one rCAM pipeline per round of classes (shared forwards are not reused)
-        with torch.no_grad():
-            logits = logits_of(model(x), output_fn).detach()
+        logits = predict(model, x, output_fn)
         sets = class_sets(logits, target, class_names_of(model))
 
         def single(xs: Tensor, classes: Tensor) -> Tensor:

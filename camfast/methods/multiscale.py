@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from camfast.methods.engine import CAMResult, check_input, class_maps, logits_of, result_size
+from camfast.methods.engine import CAMResult, check_input, class_maps, predict, result_size
 from camfast.methods.registry import MethodSpec, get, register
 from camfast.methods.targets import class_names_of, class_sets, is_multi_target, target_indices
 from camfast.ops import upsample_aggregate
@@ -144,8 +144,7 @@ def multiscale(method: str | MethodSpec | Callable[..., Any], model, x: Tensor, 
     x = check_input(x)
     B, _, H, W = x.shape
     if target is None:
-        with torch.no_grad():
-            target = logits_of(model(x), output_fn).argmax(dim=1)
+        target = predict(model, x, output_fn).argmax(dim=1)
     if output_fn is not None:
         options["output_fn"] = output_fn
     raw = spec.raw_map
@@ -217,8 +216,7 @@ def multiscale_class_cam(model, x, target=None, scales=(0.5, 1.0, 1.5, 2.0), fli
     maps = per_class_max(maps)  # (B, K, H, W), every class
     logits = None
     if target is None or return_layers or is_multi_target(target):
-        with torch.no_grad():
-            logits = logits_of(model(x), output_fn).detach()
+        logits = predict(model, x, output_fn)
     rows = torch.arange(x.shape[0], device=maps.device)
     if is_multi_target(target):  # every class's map is there already
         sets = class_sets(logits, target, class_names_of(model))

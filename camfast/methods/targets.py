@@ -6,7 +6,15 @@
 * callables taking one image's output and returning a scalar (pytorch-grad-cam's targets);
 * several classes per image (:func:`is_multi_target`): a ``(B, K)`` integer tensor, or one
   sequence of classes per image (lengths may differ, even 0), parsed into :class:`ClassSets`
-  (rounds of one class per image, so a gradient method runs one backward per round).
+  (rounds of one class per image, so a gradient method runs one backward per round); or one
+  sequence of callables per image.
+
+What a gradient method differentiates is planned by :func:`score_plan` for every kind of
+model output: class scores ``(B, K)``; dense scores ``(B, K, H, W)`` of a segmentation model
+(a class ``k`` then scores its region, :class:`MaskTarget`); a detector's per-image dicts
+(:mod:`camfast.methods.detection`: ``target=None`` is every detection, one map each). Every
+score is checked finite: a NaN or infinite model output is a ``ValueError`` naming the image
+and the class, never a NaN map.
 """
 
 from __future__ import annotations
@@ -18,8 +26,10 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-__all__ = ["ClassSets", "Target", "class_names_of", "class_sets", "each_class", "is_multi_target",
-           "target_indices", "target_score"]
+from camfast.methods.detection import every_detection, is_detections
+
+__all__ = ["ClassSets", "MaskTarget", "ScorePlan", "Target", "class_names_of", "class_sets", "each_class",
+           "is_multi_target", "score_plan", "target_indices", "target_score"]
 
 Target = int | Sequence[int] | Tensor | Callable[[Tensor], Tensor] | Sequence[Callable[[Tensor], Tensor]] | None
 
@@ -186,3 +196,166 @@ def each_class(single: Callable[[Tensor, Tensor], Tensor], x: Tensor, sets: Clas
     if not maps:  # no image has any class
         return x.new_zeros((0, x.shape[0], *x.shape[2:]), dtype=torch.float32)
     return torch.stack(maps)
+
+
+# ------------------------------------------------------------------------------ score plans
+class MaskTarget:
+    """A region of a segmentation output as the target (pytorch-grad-cam's
+    ``SemanticSegmentationTarget``, the same sum): ``S = sum_hw out[category, h, w] * mask[h, w]``
+    on one image's ``(K, H, W)`` scores. ``mask`` None: the pixels where ``category`` is the
+    predicted class (``argmax_k out[k] == category``).
+    """
+
+    def __init__(self, category: int, mask: Tensor | Sequence | None = None) -> None:
+        if isinstance(category, bool) or not isinstance(category, numbers.Integral) or category < 0:
+            raise TypeError(f"MaskTarget: category must be a non-negative int, got {category!r}")
+        self.category = int(category)
+        self.mask = None if mask is None else torch.as_tensor(mask)
+        if self.mask is not None and self.mask.dim() != 2:
+            raise ValueError(f"MaskTarget: mask must be (H, W), got shape {tuple(self.mask.shape)}")
+
+    def __repr__(self) -> str:
+        return f"MaskTarget({self.category}, mask={'argmax' if self.mask is None else tuple(self.mask.shape)})"
+
+    def __call__(self, output: Tensor) -> Tensor:
+        if output.dim() < 2 or not 0 <= self.category < output.shape[0]:
+            raise ValueError(f"MaskTarget: category {self.category} is not a class of an output of shape "
+                             f"{tuple(output.shape)} (K, H, W)")
+        mask = (output.detach().argmax(0) == self.category) if self.mask is None else self.mask
+        if tuple(mask.shape) != tuple(output.shape[1:]):
+            raise ValueError(f"MaskTarget: mask {tuple(mask.shape)} does not match the output's {tuple(output.shape[1:])}")
+        return (output[self.category] * mask.to(output.device, output.dtype)).sum()
+
+
+class ScorePlan(NamedTuple):
+    """What to differentiate: one ``(B,)`` tensor of per-image scores per backward round.
+
+    Attributes:
+        scores: per round, each image's score (0 for an image without a target in it).
+        sets: several targets per image (the rounds' layout, :meth:`ClassSets.assemble`);
+            None: one target per image, one round.
+        targets: what the result reports: class indices (``(B,)``, ``(B, K)`` or one
+            ``(K_b,)`` per image), a detector's labels per image, or None for callables.
+    """
+
+    scores: list[Tensor]
+    sets: ClassSets | None
+    targets: Tensor | list[Tensor] | None
+
+
+def _callables(target: object) -> bool:
+    return callable(target) or (isinstance(target, (list, tuple)) and bool(target) and all(callable(t) for t in target))
+
+
+def _callable_rounds(target: object) -> bool:
+    return (isinstance(target, (list, tuple)) and bool(target) and all(isinstance(t, (list, tuple)) for t in target)
+            and any(t for t in target) and all(callable(c) for t in target for c in t))
+
+
+def _per_image(output: object, b: int) -> object:
+    return output[b]
+
+
+def _batch_of(output: object) -> int:
+    return int(output.shape[0]) if isinstance(output, Tensor) else len(output)
+
+
+def _call_scores(output: object, targets: Sequence[Callable | None]) -> Tensor:
+    """``(B,)``: ``targets[b](output_b)`` (0 where ``targets[b]`` is None)."""
+    vals = []
+    ref = None
+    for b, t in enumerate(targets):
+        if t is None:
+            vals.append(None)
+            continue
+        v = torch.as_tensor(t(_per_image(output, b))).sum()
+        ref = v if ref is None else ref
+        vals.append(v)
+    if ref is None:
+        return torch.zeros(len(targets))
+    return torch.stack([v.to(ref.device, ref.dtype) if v is not None else ref.new_zeros(()) for v in vals])
+
+
+def _class_scores(output: Tensor, classes: Tensor) -> Tensor:
+    """``(B,)``: class ``classes[b]``'s score of image ``b`` (0 where ``classes[b] < 0``): the
+    logit for ``(B, K)`` outputs, the region sum (:class:`MaskTarget` with the argmax mask)
+    for dense ``(B, K, ...)`` outputs."""
+    c = classes.clamp_min(0)
+    if output.dim() == 2:
+        picked = output.gather(1, c[:, None])[:, 0]
+    else:
+        flat = output.flatten(2)  # (B, K, P)
+        region = flat.detach().argmax(1) == c[:, None]
+        picked = (flat.gather(1, c[:, None, None].expand(-1, 1, flat.shape[2]))[:, 0] * region).sum(1)
+    return torch.where(classes >= 0, picked, torch.zeros_like(picked))
+
+
+def _check_finite(scores: Tensor, what: Callable[[int], str], round_: int | None) -> None:
+    bad = ~torch.isfinite(scores.detach())
+    if bool(bad.any()):
+        b = int(bad.nonzero()[0, 0])
+        where = f" (round {round_} of several targets per image)" if round_ is not None else ""
+        raise ValueError(f"the model's output is not finite ({float(scores[b].detach())}) for image {b} of the batch, "
+                         f"{what(b)}{where}: a map of it would be NaN; check the model and the input")
+
+
+def score_plan(output: Tensor | list, target: object, class_names: Sequence[str] | None = None) -> ScorePlan:
+    """The rounds of per-image scores for ``target`` on a model ``output`` (module docstring):
+    ``(B, K)`` class scores, dense ``(B, K, ...)`` scores or a detector's list of dicts."""
+    B = _batch_of(output)
+    dense = isinstance(output, Tensor) and output.dim() > 2
+    if is_detections(output) and target is None:
+        per_image = every_detection(output)
+        sets = _rounds_of(per_image, B)
+        scores = [_call_scores(output, [t[j] if j < len(t) else None for t in per_image])
+                  for j in range(sets.rounds.shape[0])]
+        for j, s in enumerate(scores):
+            _check_finite(s, lambda b, j=j: f"detection {j} (label {int(sets.rounds[j, b])})", j)
+        return ScorePlan(scores, sets, sets.indices())
+    if _callable_rounds(target):
+        if len(target) != B:
+            raise ValueError(f"target: {len(target)} lists of callables for a batch of {B} images; give one per image")
+        sets = _rounds_of(target, B)
+        scores = [_call_scores(output, [t[j] if j < len(t) else None for t in target]) for j in range(sets.rounds.shape[0])]
+        for j, s in enumerate(scores):
+            _check_finite(s, lambda b, j=j: f"its target {target[b][j]!r}", j)
+        return ScorePlan(scores, sets, None)
+    if _callables(target):
+        per = [target] * B if callable(target) else list(target)
+        if len(per) != B:
+            raise ValueError(f"target: {len(per)} callables for a batch of {B}")
+        s = _call_scores(output, per)
+        _check_finite(s, lambda b: f"target {per[b]!r}", None)
+        return ScorePlan([s], None, None)
+    if not isinstance(output, Tensor):
+        raise TypeError(f"target: the model returned {type(output).__name__}; give callables taking one image's "
+                        "output (camfast.methods.detection.BoxScoreTarget for detections)")
+    if dense and target is None:
+        raise ValueError(f"target: the model's output has shape {tuple(output.shape)} (dense scores, a segmentation "
+                         "model?); give the class whose region to explain (target=k) or "
+                         "camfast.methods.targets.MaskTarget(k, mask)")
+    scores2d = output if not dense else output.detach().flatten(2).amax(2)  # (B, K): for parsing only
+    if is_multi_target(target):
+        sets = class_sets(scores2d, target, class_names)
+        scores = [_class_scores(output, sets.rounds[j]) for j in range(sets.rounds.shape[0])]
+        for j, s in enumerate(scores):
+            _check_finite(s, lambda b, j=j: f"class {int(sets.rounds[j, b])}", j)
+        return ScorePlan(scores, sets, sets.indices())
+    _, idx = target_score(scores2d.detach(), target, class_names)
+    assert idx is not None
+    s = _class_scores(output, idx)
+    _check_finite(s, lambda b: f"class {int(idx[b])}", None)
+    return ScorePlan([s], None, idx)
+
+
+def _rounds_of(per_image: Sequence[Sequence[object]], B: int) -> ClassSets:
+    """Rounds for per-image lists of targets: ``rounds[j, b]`` the label of a detection's
+    target (``-1`` for other callables, and past image ``b``'s last)."""
+    counts = [len(t) for t in per_image]
+    R = max(counts, default=0)
+    rounds = torch.full((R, B), -1, dtype=torch.long)
+    for b, t in enumerate(per_image):
+        for j, item in enumerate(t):
+            labels = getattr(item, "labels", None)
+            rounds[j, b] = int(labels[0]) if isinstance(labels, Tensor) and labels.numel() == 1 else -1
+    return ClassSets(rounds, counts, True)

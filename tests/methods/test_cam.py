@@ -174,8 +174,9 @@ def test_tuple_output_needs_output_fn():
             super().__init__()
             self.net = inner
 
-        def forward(self, x):
-            return self.net(x), {"aux": 1}
+        def forward(self, x):  # two (B, K) tensors: which are the scores is ambiguous
+            y = self.net(x)
+            return y, y.flip(1)
 
     model = TwoHeads().eval()
     with pytest.raises(TypeError, match="output_fn"):
