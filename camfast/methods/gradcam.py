@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from torch import Tensor
+from torch import Tensor, nn
 
 from camfast.methods.engine import WeightingRule, gradient_cam
 from camfast.methods.layers import find_layers
@@ -11,24 +11,40 @@ from camfast.methods.registry import register
 from camfast.methods.zoomcam import RULE as ELEMENTWISE_RULE
 
 
+def gradcam_terms(activation: Tensor, gradient: Tensor) -> Tensor:
+    """``T_c = alpha_c A_c`` with ``alpha_c = mean_hw(G_c)`` (Grad-CAM's map is ``ReLU(sum_c T_c)``).
+    ``(B, C, h, w) -> (B, C, h, w)``."""
+    return gradient.mean(dim=(2, 3), keepdim=True) * activation
+
+
 def gradcam_weights(activation: Tensor, gradient: Tensor) -> Tensor:
     """``M = ReLU(sum_c alpha_c A_c)`` with ``alpha_c = mean_hw(G_c)``: one weight per channel.
     ``(B, C, h, w) -> (B, h, w)``."""
-    alpha = gradient.mean(dim=(2, 3), keepdim=True)
-    return (alpha * activation).sum(1).clamp_min(0)
+    return gradcam_terms(activation, gradient).sum(1).clamp_min(0)
 
 
-RULE = WeightingRule(gradcam_weights, kernel_mode="gradcam")
+RULE = WeightingRule(gradcam_weights, kernel_mode="gradcam", channel_terms=gradcam_terms)
+
+
+def default_layer(model: nn.Module) -> str:
+    """The layer of one-layer methods when none is given: the deepest of ``find_layers(model)``."""
+    return find_layers(model)[-1]
+
+
+def check_layer_choice(layer: object) -> None:
+    """``layer`` of a one-layer method: None, a module name or module, or a list/tuple of them."""
+    if layer is not None and not isinstance(layer, (str, nn.Module, list, tuple)):
+        raise TypeError(f"layer must be a module name, an nn.Module or a list of them, got {type(layer).__name__}")
 
 
 def single_layer_cam(model, x, target, layer, rule: WeightingRule, output_size, return_layers, reshape_transform,
                      output_fn, create_graph):
-    """A gradient method on one layer (default: the deepest of ``find_layers(model)``)."""
-    if layer is None:
-        layer = find_layers(model)[-1]
-    return gradient_cam(model, x, target, layer, rule, fuse="max", output_size=output_size,
-                        return_layers=return_layers, reshape_transform=reshape_transform, output_fn=output_fn,
-                        create_graph=create_graph, argument="layer", single=True)
+    """A gradient method on one layer (default: :func:`default_layer`), or on a list of layers
+    whose maps are fused by max as :func:`camfast.zoom_cam` fuses them."""
+    check_layer_choice(layer)
+    return gradient_cam(model, x, target, default_layer(model) if layer is None else layer, rule, fuse="max",
+                        output_size=output_size, return_layers=return_layers, reshape_transform=reshape_transform,
+                        output_fn=output_fn, create_graph=create_graph, argument="layer")
 
 
 @register("grad-cam", display="Grad-CAM", kind="gradient", rule=RULE, compat="GradCAM",
@@ -38,7 +54,8 @@ def grad_cam(model, x, target=None, layer=None, output_size=None, *, return_laye
     """Grad-CAM on one layer: ``M = ReLU(sum_c mean_hw(G_c) A_c)`` (:func:`gradcam_weights`).
 
     ``layer`` (a module name or module) defaults to the deepest layer of
-    ``camfast.find_layers(model)``. The map is min-max normalised and bilinearly upsampled.
+    ``camfast.find_layers(model)``; a list of layers gives their maps fused by max (as
+    :func:`camfast.zoom_cam`). The map is min-max normalised and bilinearly upsampled.
     Other arguments as for :func:`camfast.zoom_cam`.
     """
     return single_layer_cam(model, x, target, layer, RULE, output_size, return_layers, reshape_transform, output_fn,
