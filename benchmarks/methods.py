@@ -17,11 +17,15 @@ above the post-setup RSS, each also as a ratio to the limit:
   gradient work camfast's engine does, without its tensor hooks, per-layer maps,
   upsampling and fusion. It runs first and again last (``limit-after``); the ratios use
   the lower of the two medians and of the two peaks (the stricter limit).
-* camfast ``zoom_cam`` (all discovered layers, max fusion), ``layer_cam`` (all layers) and
-  ``grad_cam`` (one layer: the deepest discovered one).
-* pytorch-grad-cam's ``GradCAM`` on that layer, and its ``HiResCAM`` (the Zoom-CAM
-  per-layer map) and ``LayerCAM`` on all the discovered layers (pytorch-grad-cam fuses
-  layers by mean: its behaviour, not Zoom-CAM's max).
+* every gradient and forward-only method of camfast's registry: ``zoom_cam`` (all
+  discovered layers, max fusion), ``layer_cam`` (all layers), ``grad_cam``,
+  ``grad_cam_plus_plus``, ``x_grad_cam``, ``eigen_grad_cam``, ``eigen_cam`` (one layer: the
+  deepest discovered one), ...; ``score_cam`` (``C`` masked forwards per image) only when
+  asked for with ``--providers``: ``benchmarks/score_cam.py`` measures it against its limit.
+* pytorch-grad-cam's ``GradCAM``, ``GradCAMPlusPlus``, ``XGradCAM``, ``EigenGradCAM`` and
+  ``EigenCAM`` on that layer, and its ``HiResCAM`` (the Zoom-CAM per-layer map) and
+  ``LayerCAM`` on all the discovered layers (pytorch-grad-cam fuses layers by mean: its
+  behaviour, not Zoom-CAM's max); ``ScoreCAM`` only with ``--providers``.
 * torchcam's ``GradCAM`` on that layer (maps at feature resolution: torchcam does not
   upsample).
 
@@ -72,6 +76,9 @@ RESULT_PREFIX = "METHODS-RESULT "
 
 #: The goals of the issue, for the zoom_cam row, as ratios to the limit (CPU).
 TARGETS = {"time": ("zoom_cam", "median_ratio", 1.15), "peak memory": ("zoom_cam", "peak_ratio", 1.2)}
+#: Goals between two providers' median times (issue 16): ``provider <= limit x other``.
+RELATIVE_TARGETS = [("grad_cam_plus_plus", "grad_cam", 1.05), ("x_grad_cam", "grad_cam", 1.05),
+                    ("eigen_cam", "pgc-EigenCAM", 1 / 3)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,29 +88,43 @@ class Provider:
     method: str
     layers: str  # "all" or "one"
     note: str
+    default: bool = True  # run without --providers
+
+
+#: Methods whose cost is a forward per channel and image: benchmarks/score_cam.py measures them
+#: against that limit; here they run only when named in --providers.
+FORWARD_PER_CHANNEL = ("score-cam",)
+PGC_ONE_LAYER_NOTE = "loss.backward(): parameter grads too; numpy maps, cv2 resize to input size"
 
 
 def _camfast_providers() -> list[Provider]:
-    """One provider per gradient method of camfast's registry (a new method is benchmarked with
-    no edit here), named by its function (``zoom_cam``, ``grad_cam``, ...)."""
+    """One provider per gradient or forward-only method of camfast's registry (a new method is
+    benchmarked with no edit here), named by its function (``zoom_cam``, ``grad_cam``, ...)."""
     from camfast.methods import registry
 
     return [Provider(s.function.__name__, "camfast", s.name, "all" if s.multi_layer else "one",
-                     ("max fusion, " if s.multi_layer else "") + "output at input size")
-            for s in registry.specs("gradient") if s.base is None]
+                     ("max fusion, " if s.multi_layer else "") + "output at input size"
+                     + ("; no backward" if s.kind == "forward-only" else ""),
+                     default=s.name not in FORWARD_PER_CHANNEL)
+            for s in registry.specs() if s.kind in ("gradient", "forward-only") and s.base is None]
 
 
 PROVIDERS: dict[str, Provider] = {p.name: p for p in [
     Provider("limit", "-", "forward + autograd.grad to the input", "all",
              "no-op forward hooks on every discovered layer; no CAM work"),
     *_camfast_providers(),
-    Provider("pgc-GradCAM", "pytorch-grad-cam", "GradCAM", "one",
-             "loss.backward(): parameter grads too; numpy maps, cv2 resize to input size"),
+    Provider("pgc-GradCAM", "pytorch-grad-cam", "GradCAM", "one", PGC_ONE_LAYER_NOTE),
     Provider("pgc-HiResCAM", "pytorch-grad-cam", "HiResCAM", "all",
              "Zoom-CAM's per-layer map; layers fused by MEAN (pytorch-grad-cam's behaviour)"),
     Provider("pgc-LayerCAM", "pytorch-grad-cam", "LayerCAM", "all", "layers fused by MEAN (pytorch-grad-cam's behaviour)"),
-    Provider("pgc-XGradCAM", "pytorch-grad-cam", "XGradCAM", "one",
-             "loss.backward(): parameter grads too; numpy maps, cv2 resize to input size"),
+    Provider("pgc-XGradCAM", "pytorch-grad-cam", "XGradCAM", "one", PGC_ONE_LAYER_NOTE),
+    Provider("pgc-GradCAMPlusPlus", "pytorch-grad-cam", "GradCAMPlusPlus", "one", PGC_ONE_LAYER_NOTE),
+    Provider("pgc-EigenGradCAM", "pytorch-grad-cam", "EigenGradCAM", "one",
+             PGC_ONE_LAYER_NOTE + "; one numpy SVD per image"),
+    Provider("pgc-EigenCAM", "pytorch-grad-cam", "EigenCAM", "one",
+             "forward with autograd on (no backward); one numpy SVD per image; cv2 resize"),
+    Provider("pgc-ScoreCAM", "pytorch-grad-cam", "ScoreCAM", "one",
+             "16 masked images per forward, one host copy per score", default=False),
     Provider("torchcam-GradCAM", "torchcam", "GradCAM", "one",
              "backward stops at the layer; maps at feature resolution (no upsampling)"),
     Provider("limit-after", "-", "the limit again, after the others", "all", "drift check"),
@@ -286,8 +307,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    f"{','.join(QUICK_MODELS)} with --quick)")
     p.add_argument("--batch", type=int, help="images per call (default 8; 2 with --quick)")
     p.add_argument("--size", type=int, help="image side in pixels (default 224; 64 with --quick)")
-    p.add_argument("--providers", help=f"comma-separated, from {','.join(PROVIDERS)} (default: all; "
-                   "the limit always runs)")
+    p.add_argument("--providers", help=f"comma-separated, from {','.join(PROVIDERS)} (default: all but "
+                   f"{','.join(n for n, p in PROVIDERS.items() if not p.default)}; the limit always runs)")
     p.add_argument("--repeat", type=int, help="timed calls per provider (default 10; 2 with --quick)")
     p.add_argument("--warmup", type=int, help="untimed calls first, the checked call included (default 2; 1 with --quick)")
     p.add_argument("--max-call-s", type=float, default=120.0, help="a provider whose first call takes longer is not timed")
@@ -303,7 +324,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.size = args.size or (64 if args.quick else 224)
     args.repeat = args.repeat or (2 if args.quick else 10)
     args.warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
-    wanted = _csv(args.providers) or list(PROVIDERS)
+    wanted = _csv(args.providers) or [name for name, p in PROVIDERS.items() if p.default]
     unknown = sorted(set(wanted) - set(PROVIDERS))
     if unknown:
         p.error(f"--providers: unknown {', '.join(unknown)}; choose from {', '.join(PROVIDERS)}")
@@ -378,6 +399,14 @@ def evaluate_targets(rows: Sequence[Mapping[str, Any]], quick: bool = False) -> 
                 result, detail = "SKIP", "not measured with --quick (providers share one process)"
             verdicts.append({"target": f"{provider} {what} <= {limit:g}x the limit's", "case": model,
                              "result": result, "detail": detail})
+        times = {r["provider"]: r.get("median_ms") for r in rows if r["model"] == model}
+        for provider, other, limit in RELATIVE_TARGETS:
+            if provider not in times or other not in times:
+                continue  # not asked for in this run
+            value = times[provider] / times[other] if times[provider] and times[other] else None
+            verdicts.append({"target": f"{provider} time <= {limit:.3g}x {other}'s", "case": model,
+                             "result": "PASS" if value is not None and value <= limit else "MISS",
+                             "detail": f"{value:.3f}x" if value is not None else "not timed"})
     return verdicts
 
 

@@ -1,8 +1,10 @@
 """A drop-in for pytorch-grad-cam's classes (``GradCAM``, ``HiResCAM``, ``LayerCAM``, ...).
 
-There is one class here for every gradient method of :mod:`camfast.methods.registry` that
-has a pytorch-grad-cam name (its ``compat`` field); the class is made from the method's
-per-layer weighting rule, so a newly registered method appears here without an edit.
+There is one class here for every gradient or forward-only method of
+:mod:`camfast.methods.registry` that has a pytorch-grad-cam name (its ``compat`` field): a
+gradient method's class is made from its per-layer weighting rule, a forward-only method's
+(EigenCAM, Score-CAM) from its function's per-layer maps, so a newly registered method
+appears here without an edit.
 
 The classes here take pytorch-grad-cam's constructor and call (``cam = GradCAM(model,
 target_layers, reshape_transform=None)``; ``cam(input_tensor, targets)`` gives a float32
@@ -21,6 +23,16 @@ The post-processing is pytorch-grad-cam's, step for step:
    normalisation once more, without resizing. With one layer this second normalisation is
    still applied, as pytorch-grad-cam does.
 
+``eigen_smooth=True`` replaces each layer's map by the first-principal-component projection
+(:func:`camfast.methods.eigencam.eigen_projection`, pytorch-grad-cam's ``get_2d_projection``)
+of the method's per-channel terms before the channel sum (``w_c A_c``; ``G_c A_c`` for
+HiResCAM and ``ZoomCAM``, ``ReLU(G_c) A_c`` for LayerCAM: the rule's ``channel_terms``), then
+its ReLU; EigenCAM and EigenGradCAM are projections already and ignore it, as in
+pytorch-grad-cam. ``aug_smooth=True`` is pytorch-grad-cam's test-time augmentation (its
+``ttach`` transforms, written here in torch): the mean over ``{identity, horizontal flip} x
+{0.9, 1, 1.1}`` (the input multiplied; :data:`AUG_SMOOTH_TRANSFORMS`, pytorch-grad-cam
+1.5.7's default) of the maps of the transformed inputs, each flipped back.
+
 ``ZoomCAM`` is that pipeline with Zoom-CAM's per-layer map (``ReLU(sum_c G_c * A_c)``, the
 same map as HiResCAM's), so its results equal ``HiResCAM``'s. Zoom-CAM as published fuses
 the layers by element-wise maximum: that is :func:`camfast.zoom_cam` (``fuse="max"``);
@@ -37,7 +49,10 @@ Differences from pytorch-grad-cam, all deliberate:
   ``len(targets)`` images). :class:`ClassifierOutputTarget` is provided here, and
   pytorch-grad-cam's own targets work unchanged, including ones on outputs that are not
   ``(B, num_classes)`` (segmentation targets).
-* ``aug_smooth=True`` and ``eigen_smooth=True`` are not supported: they raise ``ValueError``.
+* With ``aug_smooth=True``, ``outputs`` is the last transform's output, as in pytorch-grad-cam.
+* ``ScoreCAM`` scores the masked images in batches of camfast's default size (sized to the
+  memory) unless the instance has a ``batch_size`` attribute (pytorch-grad-cam reads the
+  same attribute, default 16), with no progress bar.
 * ``__exit__`` does not swallow ``IndexError`` (pytorch-grad-cam prints and suppresses it).
 * Each layer must run once per forward pass and produce a ``(B, C, h, w)`` tensor (after
   ``reshape_transform``); 3-D (volumetric) inputs are not supported. A layer whose output
@@ -65,11 +80,16 @@ import torch
 from torch import Tensor, nn
 
 from camfast.methods import registry
+from camfast.methods.eigencam import eigen_projection
 from camfast.methods.engine import WeightingRule, check_input, gradient_layer_maps
 from camfast.methods.layers import resolve_layers
 from camfast.ops import upsample_aggregate
 
 _EPS = 1e-7  # pytorch-grad-cam's scale_cam_image: img / (1e-7 + max(img)); the same in upsample_aggregate
+
+#: ``aug_smooth``'s transforms ``(horizontal flip, factor)``, in ttach's order: pytorch-grad-cam
+#: 1.5.7's default ``tta.Compose([tta.HorizontalFlip(), tta.Multiply(factors=[0.9, 1, 1.1])])``.
+AUG_SMOOTH_TRANSFORMS = tuple((flip, factor) for flip in (False, True) for factor in (0.9, 1.0, 1.1))
 
 
 class ClassifierOutputTarget:
@@ -88,6 +108,13 @@ class ClassifierOutputTarget:
         return f"ClassifierOutputTarget({self.category!r})"
 
 
+def _augment(x: Tensor, flip: bool, factor: float) -> Tensor:
+    """ttach's ``HorizontalFlip`` then ``Multiply`` on ``(B, C, H, W)`` images (factor 1: unchanged)."""
+    if flip:
+        x = x.flip(-1)
+    return x * factor if factor != 1 else x
+
+
 def _normalize(m: Tensor) -> Tensor:
     """Per image: ``(m - min) / (max(m - min) + 1e-7)`` (scale_cam_image without resizing)."""
     m = m - m.amin(dim=(-2, -1), keepdim=True)
@@ -96,8 +123,6 @@ def _normalize(m: Tensor) -> Tensor:
 
 class _BaseCAM:
     """pytorch-grad-cam's ``BaseCAM`` interface on camfast's engine (see the module doc)."""
-
-    _rule: WeightingRule  # set by each subclass (made from the method registry below)
 
     def __init__(self, model: nn.Module, target_layers: Sequence[nn.Module | str],
                  reshape_transform: Callable[[Tensor], Tensor] | None = None) -> None:
@@ -141,26 +166,50 @@ class _BaseCAM:
             input_tensor: the images; moved to the model's device.
             targets: None (each image's top class) or one callable per image taking that
                 image's model output and returning a scalar (``ClassifierOutputTarget(i)``).
-            aug_smooth, eigen_smooth: must be False (not supported).
+            aug_smooth: pytorch-grad-cam's test-time augmentation (see the module doc).
+            eigen_smooth: each layer's map from the first principal component of the
+                method's per-channel terms (see the module doc).
         """
+        for name, value in (("aug_smooth", aug_smooth), ("eigen_smooth", eigen_smooth)):
+            if not isinstance(value, (bool, np.bool_)):
+                raise TypeError(f"{name} must be True or False, got {type(value).__name__}")
         if aug_smooth:
-            raise ValueError("camfast.compat does not support aug_smooth=True (test-time augmentation); "
-                             "use pytorch-grad-cam for it")
-        if eigen_smooth:
-            raise ValueError("camfast.compat does not support eigen_smooth=True (principal-component "
-                             "smoothing); use pytorch-grad-cam for it")
-        return self.forward(input_tensor, targets)
+            return self.forward_augmentation_smoothing(input_tensor, targets, bool(eigen_smooth))
+        return self.forward(input_tensor, targets, bool(eigen_smooth))
 
-    def forward(self, input_tensor: Tensor,
-                targets: Sequence[Callable[[Tensor], Tensor]] | None = None) -> np.ndarray:
+    def forward(self, input_tensor: Tensor, targets: Sequence[Callable[[Tensor], Tensor]] | None = None,
+                eigen_smooth: bool = False) -> np.ndarray:
+        x = self._input(input_tensor)
+        return self._maps(x, targets, eigen_smooth).cpu().numpy()
+
+    def forward_augmentation_smoothing(self, input_tensor: Tensor,
+                                       targets: Sequence[Callable[[Tensor], Tensor]] | None = None,
+                                       eigen_smooth: bool = False) -> np.ndarray:
+        """The mean of the maps over :data:`AUG_SMOOTH_TRANSFORMS`, each flipped back.
+
+        One call per transform on the batch, as pytorch-grad-cam runs them: a convolution's
+        last bits depend on the batch size, and EigenCAM's sign on those bits."""
+        x = self._input(input_tensor)
+        maps = []
+        for flip, factor in AUG_SMOOTH_TRANSFORMS:
+            m = self._maps(_augment(x, flip, factor), targets, eigen_smooth)
+            maps.append(m.flip(-1) if flip else m)
+        return torch.stack(maps).mean(0).cpu().numpy()
+
+    def _input(self, input_tensor: Tensor) -> Tensor:
         x = check_input(input_tensor)
-        if self.device is not None:
-            x = x.to(self.device)
+        return x.to(self.device) if self.device is not None else x
+
+    def _maps(self, x: Tensor, targets, eigen_smooth: bool) -> Tensor:
         target, output_fn = self._target(targets, int(x.shape[0]))
-        maps, logits, _ = gradient_layer_maps(self.model, x, target, self._layers, self._rule,
-                                              self.reshape_transform, output_fn, create_graph=False)
-        self.outputs = logits.reshape(output_fn.shape) if output_fn.shape is not None else logits
+        maps, logits = self._layer_maps(x, target, output_fn, eigen_smooth)
+        self.outputs = logits.reshape(logits.shape[0], *output_fn.shape[1:]) if output_fn.shape is not None else logits
         return self._aggregate(maps, (int(x.shape[-2]), int(x.shape[-1])))
+
+    def _layer_maps(self, x: Tensor, target, output_fn: "_Flatten", eigen_smooth: bool
+                    ) -> tuple[list[Tensor], Tensor]:
+        """Each target layer's map ``(B, h, w)`` (after its ReLU) and the model output."""
+        raise NotImplementedError
 
     def _target(self, targets, batch: int):
         output_fn = _Flatten(targets is not None)
@@ -184,12 +233,47 @@ class _BaseCAM:
         return [output_fn.unflattening(t) for t in targets], output_fn
 
     @staticmethod
-    def _aggregate(maps: list[Tensor], size: tuple[int, int]) -> np.ndarray:
+    def _aggregate(maps: list[Tensor], size: tuple[int, int]) -> Tensor:
         maps = [m.detach().float() for m in maps]
         # Per layer: normalise, resize bilinearly; then the mean over layers (all fused).
         # max(0) before the mean is a no-op here: normalised maps are non-negative.
         fused = upsample_aggregate(maps, size, reduce="mean", normalize="minmax")
-        return _normalize(fused).cpu().numpy().astype(np.float32, copy=False)
+        return _normalize(fused)
+
+
+class _GradientCAM(_BaseCAM):
+    """A gradient method: its weighting rule on the streamed ``(A, G)`` of each layer."""
+
+    _rule: WeightingRule  # set by each subclass (made from the method registry below)
+
+    def _layer_maps(self, x, target, output_fn, eigen_smooth):
+        rule = self._rule
+        if eigen_smooth:
+            terms = rule.channel_terms
+            if terms is None:
+                raise ValueError(f"eigen_smooth=True: {type(self).__name__}'s weighting rule has no channel_terms "
+                                 "(the per-channel terms the smoothing projects)")
+            rule = WeightingRule(lambda a, g: eigen_projection(terms(a, g)).clamp_min(0))
+        maps, logits, _ = gradient_layer_maps(self.model, x, target, self._layers, rule, self.reshape_transform,
+                                              output_fn, create_graph=False)
+        return maps, logits
+
+
+class _ForwardCAM(_BaseCAM):
+    """A forward-only method (EigenCAM, Score-CAM): its function's per-layer maps."""
+
+    _spec: registry.MethodSpec  # set by each subclass (made from the method registry below)
+
+    def _layer_maps(self, x, target, output_fn, eigen_smooth):
+        spec = self._spec
+        kwargs: dict[str, Any] = {"layers" if spec.accepts("layers") else "layer": [m for _, m in self._layers]}
+        if eigen_smooth and spec.accepts("eigen_smooth"):  # else the map is a projection already (EigenCAM)
+            kwargs["eigen_smooth"] = True
+        if getattr(self, "batch_size", None) is not None and spec.accepts("batch_size"):
+            kwargs["batch_size"] = self.batch_size  # pytorch-grad-cam's ScoreCAM reads this attribute
+        res = spec.function(self.model, x, target, return_layers=True, reshape_transform=self.reshape_transform,
+                            output_fn=output_fn, **kwargs)
+        return list(res.layer_maps.values()), res.logits
 
 
 class _Flatten:
@@ -230,33 +314,42 @@ class _Flatten:
         return call
 
 
+_BASES: dict[str, type[_BaseCAM]] = {"gradient": _GradientCAM, "forward-only": _ForwardCAM}
+
+
 def _compat_class(spec: registry.MethodSpec) -> type[_BaseCAM]:
-    """pytorch-grad-cam's class of a registered gradient method: its per-layer rule in the
-    pipeline above."""
-    rule = spec.function.__module__ + "." + spec.rule.function.__name__
+    """pytorch-grad-cam's class of a registered gradient or forward-only method: its per-layer
+    maps in the pipeline above."""
+    where = (spec.function.__module__ + "." + spec.rule.function.__name__ if spec.rule is not None
+             else spec.function.__module__ + "." + spec.function.__name__)
     doc = (f"{spec.display}: the per-layer map of :func:`camfast.{spec.function.__name__}` "
-           f"(:func:`{rule}`) in pytorch-grad-cam's pipeline (mean over layers); pytorch-grad-cam's "
+           f"(:func:`{where}`) in pytorch-grad-cam's pipeline (mean over layers); pytorch-grad-cam's "
            f"``{spec.compat}(model, target_layers, reshape_transform=None)``.")
-    return type(spec.compat, (_BaseCAM,), {"_rule": spec.rule, "__doc__": doc, "__module__": __name__})
+    attrs: dict[str, Any] = {"__doc__": doc, "__module__": __name__}
+    attrs["_rule" if spec.kind == "gradient" else "_spec"] = spec.rule if spec.kind == "gradient" else spec
+    return type(spec.compat, (_BASES[spec.kind],), attrs)
 
 
-# One class per registered gradient method with a pytorch-grad-cam name (GradCAM, HiResCAM,
-# LayerCAM, ZoomCAM, ...): a method added to the registry appears here with no edit.
-# ``ZoomCAM`` is Zoom-CAM's per-layer map (``ReLU(sum_c G_c * A_c)``) with pytorch-grad-cam's
-# mean over layers, so its results equal ``HiResCAM``'s; Zoom-CAM as published fuses by max:
-# that is :func:`camfast.zoom_cam`.
-for _spec in registry.specs("gradient"):
-    if _spec.compat:
-        globals()[_spec.compat] = _compat_class(_spec)
+def _compat_specs() -> list[registry.MethodSpec]:
+    return [s for s in registry.specs() if s.compat and s.kind in _BASES]
+
+
+# One class per registered gradient or forward-only method with a pytorch-grad-cam name
+# (GradCAM, HiResCAM, LayerCAM, ZoomCAM, EigenCAM, ScoreCAM, ...): a method added to the
+# registry appears here with no edit. ``ZoomCAM`` is Zoom-CAM's per-layer map
+# (``ReLU(sum_c G_c * A_c)``) with pytorch-grad-cam's mean over layers, so its results equal
+# ``HiResCAM``'s; Zoom-CAM as published fuses by max: that is :func:`camfast.zoom_cam`.
+for _spec in _compat_specs():
+    globals()[_spec.compat] = _compat_class(_spec)
 
 
 def __getattr__(name: str) -> type[_BaseCAM]:
     # A method registered after this module was imported (a user's own) still gets its class.
-    for spec in registry.specs("gradient"):
+    for spec in _compat_specs():
         if spec.compat == name:
             cls = globals()[name] = _compat_class(spec)
             return cls
     raise AttributeError(f"module 'camfast.compat' has no attribute {name!r}")
 
 
-__all__ = ["ClassifierOutputTarget", *sorted(s.compat for s in registry.specs("gradient") if s.compat)]
+__all__ = ["ClassifierOutputTarget", *sorted(s.compat for s in _compat_specs())]

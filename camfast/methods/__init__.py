@@ -22,6 +22,9 @@ from camfast.methods.classcam import cam  # isort: skip
 from camfast.methods.highres import RCAMResult, pca_guide, rcam, variogram_radius  # isort: skip
 from camfast.methods.multiscale import multiscale_class_cam  # isort: skip
 from camfast.methods.xgradcam import x_grad_cam  # isort: skip
+from camfast.methods.gradcampp import grad_cam_plus_plus  # isort: skip
+from camfast.methods.eigencam import eigen_cam, eigen_grad_cam  # isort: skip
+from camfast.methods.scorecam import score_cam  # isort: skip
 
 __all__ = ["CAMResult", "MethodSpec", "RCAMResult", "find_layers", "get", "names", "pca_guide", "specs",
            "variogram_radius", *(s.function.__name__ for s in specs() if s.base is None)]

@@ -26,11 +26,14 @@ Gradient methods (:func:`gradient_cam`) run one forward and one backward for the
    ``camfast::upsample_aggregate`` without materialising every upsampled layer
    (:func:`fuse_maps`).
 
-Classifier-weight methods (CAM and its relatives) use :func:`classifier_head` and
-:func:`pooled_features` (one forward, no backward). What a ``target`` may be (one class,
-several per image, names, callables, regions of a segmentation, detections) is
-:mod:`camfast.methods.targets` (:func:`~camfast.methods.targets.score_plan`); what a model
-output may be is :func:`model_output`. Hooks are removed in every case
+Forward-only methods (EigenCAM, Score-CAM) use :func:`layer_activations` (one forward in
+``torch.no_grad`` keeping the layers' outputs) and :func:`target_classes`; every method's
+per-layer maps become its result through :func:`assemble_cam`. Classifier-weight methods
+(CAM and its relatives) use :func:`classifier_head` and :func:`pooled_features` (one
+forward, no backward). What a ``target`` may be (one class, several per image, names,
+callables, regions of a segmentation, detections) is :mod:`camfast.methods.targets`
+(:func:`~camfast.methods.targets.score_plan`); what a model output may be is
+:func:`model_output`. Hooks are removed in every case
 (errors, KeyboardInterrupt).
 """
 
@@ -55,7 +58,9 @@ from camfast.nn import ThresholdedAvgPool2d
 from camfast.ops import grad_weighted_map, upsample_aggregate
 
 __all__ = [
-    "CAMResult", "ClassifierHead", "Layers", "OutputSize", "WeightingRule", "check_input", "classifier_head", "class_maps", "fuse_maps", "gradient_cam", "gradient_layer_maps", "logits_of", "model_output", "pooled_features", "predict", "result_size", "unit_scale",
+    "CAMResult", "ClassifierHead", "Layers", "OutputSize", "WeightingRule", "assemble_cam", "check_input",
+    "classifier_head", "class_maps", "fuse_maps", "gradient_cam", "gradient_layer_maps", "layer_activations",
+    "logits_of", "model_output", "pooled_features", "predict", "result_size", "target_classes", "unit_scale",
 ]
 
 Layers = str | nn.Module | Iterable[str | nn.Module] | None
@@ -178,10 +183,15 @@ class WeightingRule:
         kernel_mode: the ``camfast::grad_weighted_map`` mode computing the same map in one
             fused pass, when one exists (tests check it against ``function``); None runs
             ``function``.
+        channel_terms: ``(A, G) -> T``, ``(B, C, h, w)`` pairs to the ``(B, C, h, w)`` terms
+            whose channel sum is the map before its ReLU (``M = ReLU(sum_c T_c)``; for a
+            channel weighting ``T_c = w_c A_c``), when the map has that form: what
+            pytorch-grad-cam's ``eigen_smooth`` projects (:mod:`camfast.compat`).
     """
 
     function: Callable[[Tensor, Tensor], Tensor]
     kernel_mode: str | None = None
+    channel_terms: Callable[[Tensor, Tensor], Tensor] | None = None
 
     def __call__(self, activation: Tensor, gradient: Tensor) -> Tensor:
         if self.kernel_mode is not None:
@@ -453,18 +463,77 @@ def gradient_cam(model: nn.Module, x: Tensor, target: Target, layers: Layers, ru
     chosen = resolve_layers(model, layers, argument)
     maps, logits, idx = gradient_layer_maps(model, x, target, chosen, rule, reshape_transform, output_fn,
                                             create_graph)
-    if isinstance(idx, ClassSets):  # (R, B, h, w) per layer: every (class, image) pair fused at once
+    return assemble_cam([name for name, _ in chosen], maps, logits, idx, size, fuse, return_layers)
+
+
+def assemble_cam(names: Sequence[str], maps: list[Tensor], logits: Tensor, idx: Tensor | ClassSets | None,
+                 size: tuple[int, int], fuse: str = "max", return_layers: bool = False):
+    """A method's result from its per-layer maps: fused (:func:`fuse_maps`) to ``(B, H, W)``, or
+    a :class:`CAMResult` with ``return_layers``.
+
+    ``maps`` are ``(B, h_l, w_l)`` per layer named ``names`` with ``idx`` the ``(B,)`` classes
+    (or None for callables), or ``(R, B, h_l, w_l)`` with ``idx`` a :class:`ClassSets`
+    (several classes per image: every (class, image) pair fused at once)."""
+    if isinstance(idx, ClassSets):
         R, B = idx.rounds.shape
         fused = fuse_maps([m.reshape(R * B, *m.shape[2:]) for m in maps], size, fuse) if R else \
-            x.new_zeros((0, *size), dtype=torch.float32)
+            logits.new_zeros((0, *size), dtype=torch.float32)
         out = idx.assemble(fused.reshape(R, B, *size))
         if return_layers:
-            return CAMResult(out, {name: idx.assemble(m) for (name, _), m in zip(chosen, maps)}, logits, idx.indices())
+            return CAMResult(out, {name: idx.assemble(m) for name, m in zip(names, maps)}, logits, idx.indices())
         return out
     out = fuse_maps(maps, size, fuse)
     if return_layers:
-        return CAMResult(out, {name: m for (name, _), m in zip(chosen, maps)}, logits, idx)
+        return CAMResult(out, dict(zip(names, maps)), logits, idx)
     return out
+
+
+# ------------------------------------------------------------------------------ forward-only methods
+def layer_activations(model: nn.Module, x: Tensor, layers: list[tuple[str, nn.Module]],
+                      reshape_transform: Callable[[Tensor], Tensor] | None = None,
+                      output_fn: Callable[[Any], Tensor] | None = None) -> tuple[list[Tensor], Tensor]:
+    """One forward in ``torch.no_grad``: ``(each layer's output as (B, C, h, w), logits)``.
+
+    For methods that need no gradient (EigenCAM, Score-CAM). ``layers`` are ``(name, module)``
+    pairs (:func:`camfast.methods.layers.resolve_layers`); each must run once and its output
+    must not be modified in place afterwards (as for :func:`gradient_layer_maps`).
+    """
+    H, W = int(x.shape[-2]), int(x.shape[-1])
+    with cam_mode(model) as net:
+        hints = model_hints(net)
+        taps = [_LayerTap(name, module, None, reshape_transform, False, (H, W), hints) for name, module in layers]
+        handles = []
+        try:
+            for tap, (_, module) in zip(taps, layers):
+                handles.append(module.register_forward_hook(tap.forward_hook))
+            with torch.inference_mode(False), torch.no_grad():
+                logits = logits_of(net(input_for(net, x.clone() if x.is_inference() else x)), output_fn)
+            acts = []
+            for tap in taps:
+                if tap.calls == 0:
+                    raise RuntimeError(f"layer {tap.name!r} did not run in the forward pass")
+                assert tap.activation is not None
+                if tap.activation._version != tap.version:
+                    raise RuntimeError(
+                        f"the output of layer {tap.name!r} was modified in place after it was recorded "
+                        "(an inplace activation after it?); hook the following layer instead"
+                    )
+                acts.append(tap._features(tap.activation))
+        finally:
+            for h in handles:
+                h.remove()
+            for tap in taps:
+                tap.activation = None
+    return acts, logits
+
+
+def target_classes(logits: Tensor, target: Target, model: nn.Module) -> Tensor | ClassSets | None:
+    """The classes of ``target`` for a method that runs no backward: a :class:`ClassSets` for
+    several classes per image (:func:`is_multi_target`), else the ``(B,)`` indices (None for
+    callables)."""
+    if is_multi_target(target):
+        return class_sets(logits, target, class_names_of(model))
+    return target_score(logits, target, class_names_of(model))[1]
 
 
 # ------------------------------------------------------------------------------ classifier weights

@@ -8,13 +8,18 @@ from camfast.methods.engine import WeightingRule, gradient_cam
 from camfast.methods.registry import register
 
 
+def layercam_terms(activation: Tensor, gradient: Tensor) -> Tensor:
+    """``T_c = ReLU(G_c) * A_c`` (LayerCAM's map is ``ReLU(sum_c T_c)``). ``(B, C, h, w) -> (B, C, h, w)``."""
+    return gradient.clamp_min(0) * activation
+
+
 def layercam_weights(activation: Tensor, gradient: Tensor) -> Tensor:
     """``M_l = ReLU(sum_c ReLU(G_c) * A_c)``: only positive gradients weight the activations.
     ``(B, C, h, w) -> (B, h, w)``."""
-    return (gradient.clamp_min(0) * activation).sum(1).clamp_min(0)
+    return layercam_terms(activation, gradient).sum(1).clamp_min(0)
 
 
-RULE = WeightingRule(layercam_weights, kernel_mode="layercam")
+RULE = WeightingRule(layercam_weights, kernel_mode="layercam", channel_terms=layercam_terms)
 
 
 @register("layer-cam", display="LayerCAM", kind="gradient", rule=RULE, multi_layer=True, compat="LayerCAM",

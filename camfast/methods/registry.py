@@ -95,8 +95,9 @@ _ALIASES: dict[str, str] = {}  # canonical display name -> canonical name
 
 
 def canonical(name: str) -> str:
-    """The lookup key of a spelling: its letters and digits, lower case."""
-    return "".join(ch for ch in name.lower() if ch.isalnum())
+    """The lookup key of a spelling: its letters and digits, lower case, with ``+`` read as
+    ``plus`` (``"Grad-CAM++"``, ``"gradcam++"`` and ``"grad-cam-plus-plus"`` are one method)."""
+    return "".join(ch if ch.isalnum() else "plus" for ch in name.lower() if ch.isalnum() or ch == "+")
 
 
 def register(name: str, *, display: str, kind: str, summary: str, rule: WeightingRule | None = None,

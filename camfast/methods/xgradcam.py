@@ -9,14 +9,20 @@ from camfast.methods.gradcam import single_layer_cam
 from camfast.methods.registry import register
 
 
+def xgradcam_terms(activation: Tensor, gradient: Tensor) -> Tensor:
+    """``T_c = w_c A_c`` with ``w_c = sum_hw(G_c * A_c) / (sum_hw A_c + 1e-7)`` (XGrad-CAM's map is
+    ``ReLU(sum_c T_c)``). ``(B, C, h, w) -> (B, C, h, w)``."""
+    w = (gradient * activation).sum(dim=(2, 3), keepdim=True) / (activation.sum(dim=(2, 3), keepdim=True) + 1e-7)
+    return w * activation
+
+
 def xgradcam_weights(activation: Tensor, gradient: Tensor) -> Tensor:
     """``M = ReLU(sum_c w_c A_c)`` with ``w_c = sum_hw(G_c * A_c) / (sum_hw A_c + 1e-7)``: the
     gradient weighted by the activation's share of the channel. ``(B, C, h, w) -> (B, h, w)``."""
-    w = (gradient * activation).sum(dim=(2, 3), keepdim=True) / (activation.sum(dim=(2, 3), keepdim=True) + 1e-7)
-    return (w * activation).sum(1).clamp_min(0)
+    return xgradcam_terms(activation, gradient).sum(1).clamp_min(0)
 
 
-RULE = WeightingRule(xgradcam_weights)
+RULE = WeightingRule(xgradcam_weights, channel_terms=xgradcam_terms)
 
 
 @register("x-grad-cam", display="XGrad-CAM", kind="gradient", rule=RULE, compat="XGradCAM",

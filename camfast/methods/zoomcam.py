@@ -11,13 +11,19 @@ from camfast.methods.engine import WeightingRule, gradient_cam
 from camfast.methods.registry import register
 
 
+def zoom_terms(activation: Tensor, gradient: Tensor) -> Tensor:
+    """``T_c = G_c * A_c`` (Zoom-CAM's and HiResCAM's map is ``ReLU(sum_c T_c)``).
+    ``(B, C, h, w) -> (B, C, h, w)``."""
+    return gradient * activation
+
+
 def zoom_weights(activation: Tensor, gradient: Tensor) -> Tensor:
     """``M_l = ReLU(sum_c G_c * A_c)``: each activation weighted by its own gradient
     (METHODS.md "Zoom-CAM", eq. 2; the same map as HiResCAM's). ``(B, C, h, w) -> (B, h, w)``."""
-    return (gradient * activation).sum(1).clamp_min(0)
+    return zoom_terms(activation, gradient).sum(1).clamp_min(0)
 
 
-RULE = WeightingRule(zoom_weights, kernel_mode="zoom")
+RULE = WeightingRule(zoom_weights, kernel_mode="zoom", channel_terms=zoom_terms)
 
 
 @register("zoom-cam", display="Zoom-CAM", kind="gradient", rule=RULE, multi_layer=True, compat="ZoomCAM",

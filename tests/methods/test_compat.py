@@ -1,6 +1,8 @@
 """camfast.compat against the libraries it stands in for: pytorch-grad-cam 1.5.7's GradCAM,
-HiResCAM, LayerCAM, XGradCAM, ... (every compat class made from the registry; final maps, max |diff| <= 1e-5) and torchcam 0.5.0's GradCAM and
-LayerCAM (per-layer maps); plus the context manager, the model's state and the errors."""
+HiResCAM, LayerCAM, XGradCAM, GradCAMPlusPlus, EigenCAM, EigenGradCAM, ScoreCAM (every compat
+class made from the registry; final maps, max |diff| <= 1e-5, Score-CAM 1e-4; with and
+without aug_smooth and eigen_smooth) and torchcam 0.5.0's GradCAM and LayerCAM (per-layer
+maps); plus the context manager, the model's state and the errors."""
 
 from __future__ import annotations
 
@@ -12,16 +14,13 @@ import peers
 import pytest
 import torch
 from models import mobilenet_like, plain_cnn, resnet_like, seeded, vgg_like
+from pgc_parity import ATOL, METHODS, SMOOTHING, assert_matches_grad_cam
 from torch import nn
 
 import camfast
 from camfast import compat
 
 FACTORIES = {"vgg": vgg_like, "resnet": resnet_like, "mobilenet": mobilenet_like, "plain": plain_cnn}
-# Every compat class of a registered method that pytorch-grad-cam also has (ZoomCAM is camfast's
-# own: it equals HiResCAM, tested below): a method added to the registry is compared here.
-METHODS = [n for n in compat.__all__ if n not in ("ClassifierOutputTarget", "ZoomCAM")]
-ATOL = 1e-5
 
 
 def images(b=2, h=40, w=56, seed=0):
@@ -32,21 +31,6 @@ def images(b=2, h=40, w=56, seed=0):
 def modules(model, names):
     named = dict(model.named_modules())
     return [named[n] for n in names]
-
-
-def assert_matches_grad_cam(method, model, layers, x, targets=None, reshape_transform=None):
-    pgc = peers.pytorch_grad_cam()
-    with getattr(pgc, method)(model, layers, reshape_transform=reshape_transform) as ref_cam:
-        expected = ref_cam(x, targets)
-    with getattr(compat, method)(model, layers, reshape_transform=reshape_transform) as cam:
-        got = cam(x, targets)
-    assert isinstance(got, np.ndarray) and got.dtype == np.float32
-    assert got.shape == expected.shape == (x.shape[0], x.shape[2], x.shape[3])
-    # The comparison must not be between two blank maps.
-    assert expected.max() > 0.9 and np.ptp(expected, axis=(1, 2)).min() > 0.5, "degenerate test case"
-    diff = float(np.abs(got - expected).max())
-    assert diff <= ATOL, f"{method}: max |diff| {diff:.3g} against pytorch-grad-cam"
-    return got
 
 
 # ------------------------------------------------------------------------------ pytorch-grad-cam
@@ -67,14 +51,34 @@ def resnet18():
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_resnet18_default_and_explicit_targets(resnet18, method):
+@pytest.mark.parametrize("smooth", list(SMOOTHING))
+def test_small_cnns_aug_and_eigen_smooth(method, smooth):
+    model = seeded(resnet_like)
+    x = images()
+    names = camfast.find_layers(model)
+    assert_matches_grad_cam(method, model, modules(model, names[-1:]), x, **SMOOTHING[smooth])
+    assert_matches_grad_cam(method, model, modules(model, names), x, **SMOOTHING[smooth])
+    targets = [compat.ClassifierOutputTarget(c) for c in (3, 1)]
+    assert_matches_grad_cam(method, model, modules(model, names[-2:]), x, targets, **SMOOTHING[smooth])
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("smooth", ["plain", "aug+eigen"])
+def test_resnet18_default_and_explicit_targets(resnet18, method, smooth):
     peers.pytorch_grad_cam()  # skips when it is not installed
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     m = resnet18
-    x = images(2, 64, 80, seed=1)
+    # Score-CAM runs C masked forwards per image and layer: smaller images, the two deepest stages.
+    x = images(2, 32, 40, seed=1) if method == "ScoreCAM" else images(2, 64, 80, seed=1)
     one = [m.layer4[-1]]
-    several = [m.layer1[-1], m.layer2[-1], m.layer3[-1], m.layer4[-1]]
+    several = [m.layer3[-1], m.layer4[-1]] if method == "ScoreCAM" else \
+        [m.layer1[-1], m.layer2[-1], m.layer3[-1], m.layer4[-1]]
+    if smooth != "plain":  # the smoothing options on one and several layers, explicit targets
+        targets = [ClassifierOutputTarget(c) for c in (4, 7)]
+        assert_matches_grad_cam(method, m, one, x, **SMOOTHING[smooth])
+        assert_matches_grad_cam(method, m, several, x, targets, **SMOOTHING[smooth])
+        return
     assert_matches_grad_cam(method, m, one, x)
     assert_matches_grad_cam(method, m, several, x)
     top = m(x).argmax(1).tolist()
@@ -93,6 +97,8 @@ def test_zoom_cam_wrapper_is_hires_cam_and_differs_from_max_fusion():
     expected = pgc.HiResCAM(model, layers)(x, None)
     got = compat.ZoomCAM(model, layers)(x)
     assert float(np.abs(got - expected).max()) <= ATOL
+    for smooth in ("aug", "eigen"):
+        assert_matches_grad_cam("ZoomCAM", model, layers, x, reference="HiResCAM", **SMOOTHING[smooth])
     paper = camfast.zoom_cam(model, x, layers=layers).numpy()  # max fusion: another map
     assert float(np.abs(paper - got).max()) > 1e-2
 
@@ -217,10 +223,12 @@ def test_errors_are_clear():
     model = seeded(resnet_like)
     x = images()
     cam = compat.GradCAM(model, [model.layer2])
-    with pytest.raises(ValueError, match="aug_smooth"):
-        cam(x, None, aug_smooth=True)
-    with pytest.raises(ValueError, match="eigen_smooth"):
-        cam(x, None, eigen_smooth=True)
+    with pytest.raises(TypeError, match="aug_smooth must be True or False"):
+        cam(x, None, aug_smooth="yes")
+    with pytest.raises(TypeError, match="eigen_smooth must be True or False"):
+        cam(x, None, eigen_smooth=None)
+    with pytest.raises(ValueError, match="1 entries for a batch of 2"):  # checked before the 6 copies
+        cam(x, [compat.ClassifierOutputTarget(3)], aug_smooth=True)
     with pytest.raises(TypeError, match=r"list of layers.*\[model\.layer4\[-1\]\]"):
         compat.GradCAM(model, model.layer2)
     with pytest.raises(ValueError, match="no module named"):
@@ -259,3 +267,85 @@ def test_compat_imports_no_peer_library():
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_aug_smooth_is_the_mean_over_flips_and_factors():
+    """Independently of pytorch-grad-cam: the mean of the six transformed calls, flipped back."""
+    model = seeded(resnet_like)
+    x = images()
+    layers = modules(model, camfast.find_layers(model)[-2:])
+    cam = compat.GradCAMPlusPlus(model, layers)
+    want = np.mean([cam(x.flip(-1) * f)[..., ::-1] if flip else cam(x * f)
+                    for flip in (False, True) for f in (0.9, 1.0, 1.1)], axis=0)
+    got = cam(x, aug_smooth=True)
+    assert cam.outputs.shape == (2, 5)  # the last transform's, as in pytorch-grad-cam
+    torch.testing.assert_close(cam.outputs, model(x.flip(-1) * 1.1).detach(), atol=1e-5, rtol=1e-5)
+    assert float(np.abs(got - want).max()) <= ATOL
+    assert float(np.abs(got - cam(x)).max()) > 1e-3  # the smoothing changed the map
+
+
+def test_eigen_smooth_projects_the_channel_terms():
+    from camfast.methods.eigencam import eigen_projection
+
+    model = seeded(resnet_like)
+    x = images()
+    layer = dict(model.named_modules())[camfast.find_layers(model)[-1]]
+    got = compat.GradCAM(model, [layer])(x, eigen_smooth=True)
+    acts, grads = [], []
+
+    def keep(module, inputs, output):
+        acts.append(output)
+        output.register_hook(grads.append)
+
+    h = layer.register_forward_hook(keep)
+    out = model(x)
+    out.gather(1, out.argmax(1, keepdim=True)).sum().backward()
+    h.remove()
+    a, g = acts[0].detach(), grads[0].detach()
+    m = eigen_projection(g.mean((2, 3), keepdim=True) * a).clamp_min(0)
+    m = m - m.amin((1, 2), keepdim=True)
+    m = m / (m.amax((1, 2), keepdim=True) + 1e-7)
+    m = torch.nn.functional.interpolate(m[:, None], size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+    m = m - m.amin((1, 2), keepdim=True)
+    want = (m / (m.amax((1, 2), keepdim=True) + 1e-7)).numpy()
+    assert float(np.abs(got - want).max()) <= ATOL
+    model.zero_grad(set_to_none=True)
+
+
+def test_eigen_smooth_needs_channel_terms():
+    from camfast.methods import registry
+    from camfast.methods.engine import WeightingRule
+
+    rule = WeightingRule(lambda a, g: (g * a).sum(1).clamp_min(0))  # no channel_terms
+
+    @registry.register("test-terms-cam", display="Terms-CAM", kind="gradient", summary="test only", rule=rule,
+                       compat="TermsCAM")
+    def terms_cam(model, x, target=None, layer=None, output_size=None, *, return_layers=False):
+        raise NotImplementedError
+
+    try:
+        model = seeded(resnet_like)
+        cam = compat.TermsCAM(model, [model.layer2])
+        assert cam(images()).shape == (2, 40, 56)
+        with pytest.raises(ValueError, match="eigen_smooth=True: TermsCAM's weighting rule has no channel_terms"):
+            cam(images(), eigen_smooth=True)
+    finally:
+        registry.unregister("test-terms-cam")
+        compat.__dict__.pop("TermsCAM", None)
+        camfast.__dict__.pop("terms_cam", None)
+
+
+def test_score_cam_reads_a_batch_size_attribute():
+    """pytorch-grad-cam's tests set ``cam.batch_size = 4`` on a ScoreCAM: the same maps, and the
+    masked images go through the model four at a time."""
+    model = seeded(vgg_like)
+    x = images(1, 16, 16)
+    cam = compat.ScoreCAM(model, [model.features[-1]])
+    default = cam(x)
+    cam.batch_size = 4
+    sizes = []
+    h = model.register_forward_pre_hook(lambda m, i: sizes.append(i[0].shape[0]))
+    four = cam(x)
+    h.remove()
+    assert float(np.abs(default - four).max()) <= 1e-5
+    assert max(sizes) == 4  # masked images four at a time (the image itself is the only other batch of 1)
