@@ -1,12 +1,16 @@
 // camfast::grad_weighted_map: per-layer CAM from an activation A and its gradient G.
 //
-//   zoom     : M = ReLU(sum_c G_c * A_c)                  (Zoom-CAM / HiResCAM)
-//   gradcam  : M = ReLU(sum_c mean_hw(G_c) * A_c)         (Grad-CAM)
-//   layercam : M = ReLU(sum_c ReLU(G_c) * A_c)            (LayerCAM)
+//   zoom      : M = ReLU(sum_c G_c * A_c)                  (Zoom-CAM / HiResCAM)
+//   gradcam   : M = ReLU(sum_c mean_hw(G_c) * A_c)         (Grad-CAM)
+//   layercam  : M = ReLU(sum_c ReLU(G_c) * A_c)            (LayerCAM)
+//   gradcampp : M = ReLU(sum_c w_c * A_c), w_c = sum_hw ReLU(G) a,
+//               a = G^2 / (2 G^2 + sum_hw(A_c) G^3 + kGwmGradCamPPEps), 0 where G == 0 (Grad-CAM++)
+//   xgradcam  : M = ReLU(sum_c w_c * A_c), w_c = sum_hw(G A) / (sum_hw(A_c) + kGwmXGradCamEps)
 //
 // Shapes: A, G [B, C, H, W] with arbitrary element strides; M, dM [B, H*W] contiguous.
 // Backward: dA = dM' * f(G) (gradcam: dM' * w), dG = dM' * A * f'(G)
-// (gradcam: sum_p dM'_p A_p / (H*W), the same for every pixel), where dM' = dM * [M > 0].
+// (gradcam: sum_p dM'_p A_p / (H*W), the same for every pixel), where dM' = dM * [M > 0];
+// gradcampp and xgradcam: camfast/ops/reference/grad_weighted_map.py gives the formulas.
 #pragma once
 
 #include "common.h"
@@ -18,7 +22,7 @@ struct GwmProblem {
   View4 a, g;
 };
 
-// workspace: at least 2*B*C elements of the accumulator type (float, double for Float64).
+// workspace: at least kGwmWorkspace*B*C elements of the accumulator type (float, double for Float64).
 void grad_weighted_map_forward_cpu(DType dtype, GwmMode mode, const GwmProblem& p,
                                    const void* a, const void* g, void* out, void* workspace);
 

@@ -35,7 +35,10 @@ def gradcampp_weights(activation: Tensor, gradient: Tensor) -> Tensor:
     return gradcampp_terms(activation, gradient).sum(1).clamp_min(0)
 
 
-RULE = WeightingRule(gradcampp_weights, channel_terms=gradcampp_terms)
+#: fused: ``camfast::grad_weighted_map`` mode ``"gradcampp"`` computes the same map in one pass over
+#: ``A`` and ``G`` for the channel sums and one over ``A`` for the map (tests/methods/test_registry.py
+#: checks it against :func:`gradcampp_weights` on every backend).
+RULE = WeightingRule(gradcampp_weights, kernel_mode="gradcampp", channel_terms=gradcampp_terms)
 
 
 @register("grad-cam-plus-plus", display="Grad-CAM++", kind="gradient", rule=RULE, compat="GradCAMPlusPlus",

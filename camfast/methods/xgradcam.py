@@ -22,7 +22,10 @@ def xgradcam_weights(activation: Tensor, gradient: Tensor) -> Tensor:
     return xgradcam_terms(activation, gradient).sum(1).clamp_min(0)
 
 
-RULE = WeightingRule(xgradcam_weights, channel_terms=xgradcam_terms)
+#: fused: ``camfast::grad_weighted_map`` mode ``"xgradcam"`` computes the same map in one pass over
+#: ``A`` and ``G`` for the channel sums and one over ``A`` for the map (tests/methods/test_registry.py
+#: checks it against :func:`xgradcam_weights` on every backend).
+RULE = WeightingRule(xgradcam_weights, kernel_mode="xgradcam", channel_terms=xgradcam_terms)
 
 
 @register("x-grad-cam", display="XGrad-CAM", kind="gradient", rule=RULE, compat="XGradCAM",

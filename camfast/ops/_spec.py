@@ -11,6 +11,11 @@ DEVICES = ENUMS["Device"]
 DTYPES = ENUMS["DType"]
 #: ``camfast::grad_weighted_map`` modes.
 GWM_MODES = ENUMS["GwmMode"]
+#: Epsilons of the ``gradcampp`` and ``xgradcam`` channel weights (pytorch-grad-cam 1.5.7's); fixed.
+GWM_GRADCAMPP_EPS: float = CONSTANTS["GWM_GRADCAMPP_EPS"]
+GWM_XGRADCAM_EPS: float = CONSTANTS["GWM_XGRADCAM_EPS"]
+#: Accumulator elements per ``(b, c)`` of the native kernels' workspace.
+GWM_WORKSPACE: int = CONSTANTS["GWM_WORKSPACE"]
 #: ``camfast::upsample_aggregate`` reductions and normalisations.
 UA_REDUCES = ENUMS["UaReduce"]
 UA_NORMALIZES = ENUMS["UaNormalize"]

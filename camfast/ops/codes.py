@@ -12,7 +12,7 @@ mode, say) is one appended row plus its kernel code. Standard library only.
 Example:
     >>> from camfast.ops import codes
     >>> codes.ENUMS["GwmMode"]
-    {'zoom': 0, 'gradcam': 1, 'layercam': 2}
+    {'zoom': 0, 'gradcam': 1, 'layercam': 2, 'gradcampp': 3, 'xgradcam': 4}
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def mismatch(compiled: dict) -> str | None:
     Example:
         >>> stale = table(); stale["enums"]["GwmMode"] = ["zoom", "gradcam"]
         >>> mismatch(stale)
-        "GwmMode: built with ['zoom', 'gradcam'], codes.json has ['zoom', 'gradcam', 'layercam']"
+        "GwmMode: built with ['zoom', 'gradcam'], codes.json has ['zoom', 'gradcam', 'layercam', 'gradcampp', 'xgradcam']"
     """
     expected = table()
     diffs = []

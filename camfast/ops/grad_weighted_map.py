@@ -1,4 +1,5 @@
-"""``camfast::grad_weighted_map``: the per-layer map of Grad-CAM, Zoom-CAM and LayerCAM.
+"""``camfast::grad_weighted_map``: the per-layer map of Grad-CAM, Zoom-CAM, LayerCAM, Grad-CAM++
+and XGrad-CAM.
 
 Defined once as a ``torch.library`` custom op with a fake (meta) kernel for
 ``torch.compile`` and an explicit backward op. The backend (native, triton, reference) is
@@ -89,12 +90,20 @@ def grad_weighted_map(activation: Tensor, gradient: Tensor, mode: str = "zoom") 
     * ``"gradcam"``  : ``M = ReLU(sum_c mean_hw(G_c) * A_c)`` -- Grad-CAM (Selvaraju et al. 2017).
       One pass over ``G`` for the channel weights, one over ``A``.
     * ``"layercam"`` : ``M = ReLU(sum_c ReLU(G_c) * A_c)`` -- LayerCAM (Jiang et al. 2021).
+    * ``"gradcampp"``: ``M = ReLU(sum_c w_c * A_c)`` with ``w_c = sum_hw ReLU(G) * a`` and
+      ``a = G^2 / (2 G^2 + (sum_hw A_c) G^3 + 1e-6)``, ``a = 0`` where ``G == 0`` -- Grad-CAM++
+      (Chattopadhay et al. 2018, eq. 19; METHODS.md "More per-layer weightings").
+    * ``"xgradcam"`` : ``M = ReLU(sum_c w_c * A_c)`` with
+      ``w_c = sum_hw(G * A) / (sum_hw A_c + 1e-7)`` -- XGrad-CAM (Fu et al. 2020).
+
+    The last three weight each channel by one number: one pass over ``A`` and ``G`` for the
+    channel sums, one over ``A`` for the map. The epsilons are pytorch-grad-cam 1.5.7's.
 
     Args:
         activation: ``(B, C, H, W)`` float32, float64, float16 or bfloat16; any strides
             (contiguous, channels-last, sliced views).
         gradient: same shape, dtype and device as ``activation``.
-        mode: ``"zoom"``, ``"gradcam"`` or ``"layercam"``.
+        mode: ``"zoom"``, ``"gradcam"``, ``"layercam"``, ``"gradcampp"`` or ``"xgradcam"``.
 
     Returns:
         ``(B, H, W)`` map in the input dtype, non-negative (NaN inputs propagate).

@@ -1,6 +1,6 @@
 // camfast._C entry points of camfast::grad_weighted_map (csrc/grad_weighted_map.h), launched
 // by camfast/ops/native/grad_weighted_map.py. a, g [B, C, H, W] strided; out, grad_out
-// [B, H, W] contiguous; workspace of 2*B*C accumulator elements.
+// [B, H, W] contiguous; workspace of kGwmWorkspace*B*C accumulator elements.
 #include "bind/bind.h"
 #include "grad_weighted_map.h"
 

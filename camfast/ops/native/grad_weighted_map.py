@@ -5,14 +5,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from camfast.ops._spec import GWM_MODES
+from camfast.ops._spec import GWM_MODES, GWM_WORKSPACE
 from camfast.ops.native._launch import DTYPE_CODES, acc_dtype, device_args, lib
 
 
 def forward(activation: Tensor, gradient: Tensor, mode: str) -> Tensor:
     B, C, H, W = activation.shape
     out = activation.new_empty((B, H, W))
-    workspace = activation.new_empty((2 * B * C,), dtype=acc_dtype(activation))
+    workspace = activation.new_empty((GWM_WORKSPACE * B * C,), dtype=acc_dtype(activation))
     dev, index, stream = device_args(activation)
     lib().grad_weighted_map_forward(
         dev, index, DTYPE_CODES[activation.dtype], GWM_MODES[mode], (B, C, H, W),
@@ -35,7 +35,7 @@ def backward(grad_out: Tensor, activation: Tensor, gradient: Tensor, out: Tensor
     for name, t, like in (("grad_a", grad_a, activation), ("grad_g", grad_g, gradient)):
         if t.shape != like.shape or t.dtype != like.dtype or t.device != like.device:
             raise ValueError(f"{name} must match the shape, dtype and device of its input")
-    workspace = activation.new_empty((2 * B * C,), dtype=acc_dtype(activation))
+    workspace = activation.new_empty((GWM_WORKSPACE * B * C,), dtype=acc_dtype(activation))
     dev, index, stream = device_args(activation)
     lib().grad_weighted_map_backward(
         dev, index, DTYPE_CODES[activation.dtype], GWM_MODES[mode], (B, C, H, W),
