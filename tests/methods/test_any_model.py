@@ -108,7 +108,7 @@ def test_class_token_head_gives_no_gradient_to_the_last_block_output():
     """pytorch-grad-cam #513: the last block's patch tokens get no gradient under a class-token
     head. A clear error naming the layer, not a blank map."""
     model = seeded(TinyViT).eval()
-    with pytest.raises(RuntimeError, match=r"zero at every position of layer 'blocks\.2'"):
+    with pytest.raises(RuntimeError, match=r"never reaches layer 'blocks\.2'.*non-patch tokens"):
         camfast.grad_cam(model, images(), layer="blocks.2")
     with pytest.raises(RuntimeError, match=r"'blocks\.2'"):
         camfast.zoom_cam(model, images(), layers=["blocks.1", "blocks.2"])
@@ -246,9 +246,9 @@ def test_segmentation_region_targets():
     torch.testing.assert_close(both[:, 1], camfast.zoom_cam(model, x, target=k), atol=1e-6, rtol=0)
     with pytest.raises(ValueError, match="MaskTarget"):
         camfast.zoom_cam(model, x)  # no "top class" of a dense output
-    absent = next(c for c in range(3) if not (out.argmax(1) == c).any())  # predicted nowhere
-    with pytest.raises(RuntimeError, match="empty target region"):
-        camfast.zoom_cam(model, x, target=absent)
+    absent = next(c for c in range(3) if not (out.argmax(1) == c).any())  # predicted nowhere: an empty
+    blank = camfast.zoom_cam(model, x, target=absent)  # region, a score that does not depend on the image
+    assert torch.equal(blank, torch.zeros_like(blank))
 
 
 # ------------------------------------------------------------------------------ wrapped, compiled, state
