@@ -265,6 +265,25 @@ def test_data_parallel_is_unwrapped():
     assert list(res.layer_maps) == ["5"]
 
 
+def test_distributed_data_parallel_is_unwrapped(tmp_path):
+    dist = pytest.importorskip("torch.distributed")
+    if not dist.is_available() or not dist.is_gloo_available():
+        pytest.skip("torch.distributed with gloo is not available")
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    try:
+        inner = seeded(cnn)
+        ddp = nn.parallel.DistributedDataParallel(inner)
+        ddp.train()
+        x = images()
+        before = _buffers(inner)
+        out = camfast.zoom_cam(ddp, x)
+        assert all(torch.equal(before[n], b) for n, b in inner.named_buffers()) and ddp.training
+        torch.testing.assert_close(out, camfast.zoom_cam(inner.eval(), x), atol=0, rtol=0)
+        assert camfast.find_layers(ddp) == camfast.find_layers(inner)
+    finally:
+        dist.destroy_process_group()
+
+
 def test_compiled_model_runs_its_original_module_eagerly():
     inner = seeded(cnn).eval()
     compiled = torch.compile(inner)
