@@ -4,14 +4,19 @@ A detector's output, here, is a list with one dict per image holding ``boxes`` `
 (``x1, y1, x2, y2``), ``labels`` ``(n,)`` and ``scores`` ``(n,)`` (torchvision's Faster
 R-CNN, RetinaNet, FCOS, SSD in eval mode, and any model returning the same).
 
-The box-score target of one image, for reference boxes ``r_i`` with labels ``c_i``
-(pytorch-grad-cam's ``FasterRCNNBoxScoreTarget``, the same sum)::
+The box-score target of one image, for reference boxes ``r_i`` with labels ``c_i``::
 
-    S = sum_i [IoU(r_i, d_j) > t and label(d_j) = c_i] * (IoU(r_i, d_j) + score(d_j)),
-        j = argmax_j IoU(r_i, d_j)
+    S = sum_i [IoU(r_i, d_j) > t] * (IoU(r_i, d_j) + score(d_j)),
+        j = argmax_{j : label(d_j) = c_i} IoU(r_i, d_j)
 
-``d_j`` the model's detections; the gradient flows through the detection's score and
-through its box (the IoU). With ``target=None`` a CAM function makes one map per detection
+``d_j`` the model's detections: for each reference, the best-overlapping detection of the
+same class counts when its IoU exceeds the threshold ``t``; the gradient flows through the
+detection's score and through its box (the IoU). pytorch-grad-cam's
+``FasterRCNNBoxScoreTarget`` takes the best-overlapping detection of *any* class and counts
+it only when its label matches (``any_class_match=True`` here): the two are the same sum
+unless a detection of another class overlaps a reference more, which happens whenever a
+detector's boxes are class-agnostic (RetinaNet, FCOS: one box, several labels), where
+pytorch-grad-cam's rule drops the reference's own detection. With ``target=None`` a CAM function makes one map per detection
 (each detection its own reference box), all from one forward pass, one backward per round
 (the all-class machinery of :mod:`camfast.methods.targets`).
 """
@@ -55,10 +60,12 @@ class BoxScoreTarget:
         labels: the reference boxes' classes, ``(n,)``.
         boxes: the reference boxes ``(n, 4)`` ``x1, y1, x2, y2`` in input pixels.
         iou_threshold: a detection counts when its IoU with the reference exceeds this.
+        any_class_match: match each reference to the best-overlapping detection of any class
+            (pytorch-grad-cam's rule), not of its own class.
     """
 
     def __init__(self, labels: Sequence[int] | Tensor, boxes: Sequence[Sequence[float]] | Tensor,
-                 iou_threshold: float = 0.5) -> None:
+                 iou_threshold: float = 0.5, any_class_match: bool = False) -> None:
         self.labels = torch.as_tensor(labels).reshape(-1).long()
         self.boxes = torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4)
         if self.labels.shape[0] != self.boxes.shape[0]:
@@ -66,9 +73,11 @@ class BoxScoreTarget:
         if not 0 <= float(iou_threshold) < 1:
             raise ValueError(f"iou_threshold must be in [0, 1), got {iou_threshold!r}")
         self.iou_threshold = float(iou_threshold)
+        self.any_class_match = bool(any_class_match)
 
     def __repr__(self) -> str:
-        return f"BoxScoreTarget({self.labels.tolist()}, {self.boxes.tolist()}, iou_threshold={self.iou_threshold})"
+        return (f"BoxScoreTarget({self.labels.tolist()}, {self.boxes.tolist()}, iou_threshold={self.iou_threshold}"
+                + (", any_class_match=True)" if self.any_class_match else ")"))
 
     def __call__(self, detections: dict[str, Tensor]) -> Tensor:
         boxes, labels, scores = (detections[k] for k in _KEYS)
@@ -76,10 +85,12 @@ class BoxScoreTarget:
         if boxes.shape[0] == 0:
             return total
         ious = box_iou(self.boxes.to(boxes), boxes)
-        best = ious.argmax(dim=1)
+        same = labels.detach().to(self.labels.device)[None, :] == self.labels[:, None]  # (n_ref, n_det)
+        rank = ious.detach() if self.any_class_match else torch.where(same.to(ious.device), ious.detach(), -1.0)
+        best = rank.argmax(dim=1)
         for i in range(self.boxes.shape[0]):
             j = int(best[i])
-            if float(ious[i, j]) > self.iou_threshold and int(labels[j]) == int(self.labels[i]):
+            if float(ious[i, j]) > self.iou_threshold and bool(same[i, j]):
                 total = total + ious[i, j] + scores[j]
         return total
 

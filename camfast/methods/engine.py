@@ -20,8 +20,8 @@ Gradient methods (:func:`gradient_cam`) run one forward and one backward for the
    tensor hook turns ``(A_l, G_l)`` into the layer's map with the method's
    :class:`WeightingRule` (a fused ``camfast::grad_weighted_map`` mode when the rule has
    one, else its Python function) and lets the gradient go: no list of all layers'
-   gradients is ever held (streaming); a layer whose gradient is zero everywhere (the
-   score does not reach it) is an error, not a blank map;
+   gradients is ever held (streaming); a layer the gradient never reaches (no path from
+   it to the score, or only to its non-patch tokens) is an error, not a blank map;
 4. the per-layer maps are min-max normalised, bilinearly upsampled and fused by
    ``camfast::upsample_aggregate`` without materialising every upsampled layer
    (:func:`fuse_maps`).
@@ -290,35 +290,23 @@ def _zero_map(x: Tensor, tap: _LayerTap) -> Tensor:
 
 def _no_gradient(name: str) -> RuntimeError:
     return RuntimeError(
-        f"the gradient of the target score is zero at every position of layer {name!r} (it never reaches "
-        "that layer, or only its non-patch tokens, e.g. a vision transformer's last block under a "
-        "class-token head): its map would be blank; choose a layer the score depends on "
-        "(camfast.find_layers(model) lists ones it reaches)"
+        f"the gradient of the target score never reaches layer {name!r} (no path from it to the score, or "
+        "only to its non-patch tokens, e.g. a vision transformer's last block under a class-token head): "
+        "its map would be blank; choose a layer the score depends on (camfast.find_layers(model) lists "
+        "ones it reaches)"
     )
 
 
-def _check_reached(names: list[str], zero: list[list[bool]], zero_all: list[list[bool]], multi: bool) -> None:
-    """Errors for gradients that make a map say nothing; ``zero[l][j]``: layer ``l``'s gradient
-    is zero at every patch position in round ``j`` (``zero_all``: at every position at all).
+def _check_reached(names: list[str], zero: list[list[bool]], zero_all: list[list[bool]]) -> None:
+    """A layer whose gradient reaches only its non-patch tokens in every round is an error (a
+    vision transformer's last block under a class-token head, pytorch-grad-cam #513: its map
+    would be blank for a structural reason). ``zero[l][j]``: layer ``l``'s gradient is zero
+    at every patch position in round ``j``; ``zero_all``: at every position at all.
 
-    * a round in which no layer has a gradient: its fused map would be blank (the target does
-      not depend on the image, or every layer is one the score does not reach);
-    * a layer whose gradient reaches only its non-patch tokens in every round (a vision
-      transformer's last block under a class-token head, pytorch-grad-cam #513).
-
-    A layer with no gradient in some rounds only (a detection scored from another pyramid
-    level) has a zero map there: the fusion of the other layers is unchanged by it."""
-    for j in range(len(zero[0]) if zero else 0):
-        if all(z[j] for z in zero):
-            tokens_only = [n for n, z, za in zip(names, zero, zero_all) if z[j] and not za[j]]
-            if tokens_only:
-                raise _no_gradient(tokens_only[0])
-            raise RuntimeError(
-                "the gradient of the target score is zero at every chosen layer"
-                + (f" (round {j} of several targets per image)" if multi else "")
-                + ": the score does not depend on the image there (an empty target region? no detection "
-                "matching the reference boxes?); its maps would be blank"
-            )
+    A gradient that is zero everywhere (a score that does not depend on the image: zero
+    weights, an empty target region, no detection matching the reference) gives a zero map,
+    like any constant map; so does a layer not reached in some rounds only (a detection scored
+    from another pyramid level): the fusion of the other layers is unchanged by it."""
     for n, z, za in zip(names, zero, zero_all):
         if all(z) and not all(za):
             raise _no_gradient(n)
@@ -416,7 +404,7 @@ def gradient_layer_maps(
         none = x.new_zeros((), dtype=torch.float32)
         zero = (torch.stack([torch.stack([none if r is None else r.float() for r in got])
                              for got in reach + reach_all]) == 0).tolist()
-        _check_reached([t.name for t in taps], zero[:len(taps)], zero[len(taps):], multi)
+        _check_reached([t.name for t in taps], zero[:len(taps)], zero[len(taps):])
     maps = []
     for tap, kept in zip(taps, rounds):
         if multi:

@@ -3,10 +3,11 @@
 * **Wrappers**: ``nn.DataParallel`` / ``DistributedDataParallel`` (``.module``) and
   ``torch.compile``'s ``OptimizedModule`` (the original module it compiled) are unwrapped:
   layer names are looked up, hooks registered and the CAM pass run on the module inside.
-  A compiled graph would not run camfast's forward and tensor hooks as registered (new hooks
-  invalidate the compiled code, each tensor hook is a graph break), so the CAM pass of a
-  compiled model runs the original module eagerly: the map is the eager model's, at eager
-  speed, with no recompilation. A data-parallel wrapper's replicas (one per GPU, each in its
+  A compiled graph does not run forward hooks added to its submodules after compilation
+  (TorchDynamo skips guards on module hooks by default: measured with torch 2.13, the hook
+  simply did not fire), and compiling a forward that runs them costs a recompilation
+  (docs/methods.md has the figures), so the CAM pass of a compiled model runs the original
+  module eagerly: the map is the eager model's, at eager speed, with no compilation. A data-parallel wrapper's replicas (one per GPU, each in its
   own thread) are not used either: the pass runs on the wrapped module's device.
 * **Eval mode**: for the pass every module is put in eval mode, and each module's own
   ``training`` flag is restored afterwards (also after an error). So a model in training
