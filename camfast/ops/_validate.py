@@ -13,6 +13,13 @@ import torch
 
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
+#: The annotation of an op's int and float options in its ``torch.library`` schema (there
+#: ``Scalar``). For an ``int`` or ``float`` schema argument torch converts ``True`` to ``1`` /
+#: ``1.0`` before the op's own checks run, so ``torch.ops.camfast.box_filter(x, True)`` was a
+#: radius of 1; a ``Scalar`` reaches the op as the Python object it was, and :func:`check_int`
+#: and the float checks reject a bool (and an int option given as a float) by name.
+Option = torch.types.Number
+
 
 def check_is_tensor(name: str, x: object) -> torch.Tensor:
     if not isinstance(x, torch.Tensor):

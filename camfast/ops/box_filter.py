@@ -11,38 +11,38 @@ import torch
 from torch import Tensor
 
 from camfast.ops._dispatch import implementation
-from camfast.ops._validate import bounded_radius, check_int, check_tensor
+from camfast.ops._validate import Option, bounded_radius, check_int, check_tensor
 
 _OP = "box_filter"
 
 
-def _check(x: Tensor, radius: int, name: str = "x") -> None:
-    # Inside the ops (forward: x; backward: grad_out) and their fake kernels.
+def _check(x: Tensor, radius: Option, name: str = "x") -> int:
+    # Inside the ops (forward: x; backward: grad_out) and their fake kernels: the radius as an int.
     check_tensor(name, x, 4, "[B, C, H, W]")
-    check_int("radius", radius, 0)
+    return check_int("radius", radius, 0)
 
 
 @torch.library.custom_op("camfast::box_filter", mutates_args=())
-def _forward_op(x: Tensor, radius: int) -> Tensor:
-    _check(x, radius)
+def _forward_op(x: Tensor, radius: Option) -> Tensor:
+    radius = _check(x, radius)
     return implementation(_OP, x.device).forward(x, bounded_radius(radius, x.shape[-2], x.shape[-1]))
 
 
 @_forward_op.register_fake
-def _(x: Tensor, radius: int) -> Tensor:
+def _(x: Tensor, radius: Option) -> Tensor:
     _check(x, radius)
     return torch.empty_like(x, memory_format=torch.contiguous_format)  # every backend returns contiguous
 
 
 @torch.library.custom_op("camfast::box_filter_backward", mutates_args=())
-def _backward_op(grad_out: Tensor, radius: int) -> Tensor:
-    _check(grad_out, radius, "grad_out")
+def _backward_op(grad_out: Tensor, radius: Option) -> Tensor:
+    radius = _check(grad_out, radius, "grad_out")
     return implementation(_OP, grad_out.device).backward(
         grad_out, bounded_radius(radius, grad_out.shape[-2], grad_out.shape[-1]))
 
 
 @_backward_op.register_fake
-def _(grad_out: Tensor, radius: int) -> Tensor:
+def _(grad_out: Tensor, radius: Option) -> Tensor:
     _check(grad_out, radius, "grad_out")
     return torch.empty_like(grad_out, memory_format=torch.contiguous_format)
 
@@ -74,8 +74,10 @@ def box_filter(x: Tensor, radius: int) -> Tensor:
             pixel holds the image mean.
 
     Returns:
-        ``(B, C, H, W)`` in ``x``'s dtype, contiguous; sums are carried in double (native) and
-        stored in float32 (float64 for float64).
+        ``(B, C, H, W)`` in ``x``'s dtype, contiguous; running sums are carried in double
+        (native and Triton alike) and each window sum stored once in float32 (float64 for
+        float64), so small values after large ones keep their digits; the reference computes
+        in float64.
 
         Differentiable: the backward is the adjoint, the unnormalised box sum of
         ``grad / N`` over the same windows (they are symmetric), also O(1) per pixel.

@@ -12,14 +12,16 @@ from torch import Tensor
 
 from camfast.ops._dispatch import implementation
 from camfast.ops._spec import GF_BORDERS
-from camfast.ops._validate import (bounded_radius, check_choice, check_int, check_like, check_positive_float,
-                                   check_same, check_tensor)
+from camfast.ops._validate import (Option, bounded_radius, check_choice, check_int, check_like,
+                                   check_positive_float, check_same, check_tensor)
 from camfast.ops.reference.guided_filter import low_res_radius, low_res_size
 
 _OP = "guided_filter"
 
 
-def _check(guide: Tensor, src: Tensor, radius: int, eps: float, subsample: int, border: str) -> None:
+def _check(guide: Tensor, src: Tensor, radius: Option, eps: Option, subsample: Option,
+           border: str) -> tuple[int, float, int]:
+    # Inside the ops and their fake kernels: (radius, eps, subsample) as int, float, int.
     check_tensor("guide", guide, 4, "[B, 1|3, H, W]")
     check_tensor("src", src, 4, "[B, C, H, W]")
     check_same("src", src, "guide", guide, shape=False)
@@ -29,7 +31,7 @@ def _check(guide: Tensor, src: Tensor, radius: int, eps: float, subsample: int, 
         raise ValueError(f"src has shape {tuple(src.shape)} but guide has {tuple(guide.shape)}; "
                          "batch, height and width must match")
     radius = check_int("radius", radius, 0)
-    check_positive_float("eps", eps)
+    eps = check_positive_float("eps", eps)
     subsample = check_int("subsample", subsample, 1)
     check_choice("border", border, tuple(GF_BORDERS))
     if border == "reflect":
@@ -38,39 +40,41 @@ def _check(guide: Tensor, src: Tensor, radius: int, eps: float, subsample: int, 
         if rr >= h or rr >= w:
             raise ValueError(f"border='reflect' needs a radius smaller than the image (kornia's reflect padding): "
                              f"radius {rr} on a {h}x{w} grid; use border='truncate' for larger radii")
+    return radius, eps, subsample
 
 
-def _check_backward(grad_out: Tensor, guide: Tensor, src: Tensor, radius: int, eps: float, subsample: int,
-                    border: str) -> None:
+def _check_backward(grad_out: Tensor, guide: Tensor, src: Tensor, radius: Option, eps: Option, subsample: Option,
+                    border: str) -> tuple[int, float, int]:
     # Inside the backward op and its fake kernel: grad_out is the gradient of the output (src's shape).
-    _check(guide, src, radius, eps, subsample, border)
+    checked = _check(guide, src, radius, eps, subsample, border)
     check_like("grad_out", grad_out, src.shape, "src", src)
+    return checked
 
 
 @torch.library.custom_op("camfast::guided_filter", mutates_args=())
-def _forward_op(guide: Tensor, src: Tensor, radius: int, eps: float, subsample: int, border: str) -> Tensor:
-    _check(guide, src, radius, eps, subsample, border)
+def _forward_op(guide: Tensor, src: Tensor, radius: Option, eps: Option, subsample: Option, border: str) -> Tensor:
+    radius, eps, subsample = _check(guide, src, radius, eps, subsample, border)
     radius = bounded_radius(radius, src.shape[-2], src.shape[-1])  # reflect's check allows only smaller radii
     return implementation(_OP, src.device).forward(guide, src, radius, eps, subsample, border)
 
 
 @_forward_op.register_fake
-def _(guide: Tensor, src: Tensor, radius: int, eps: float, subsample: int, border: str) -> Tensor:
+def _(guide: Tensor, src: Tensor, radius: Option, eps: Option, subsample: Option, border: str) -> Tensor:
     _check(guide, src, radius, eps, subsample, border)
     return src.new_empty(src.shape)
 
 
 @torch.library.custom_op("camfast::guided_filter_backward", mutates_args=())
-def _backward_op(grad_out: Tensor, guide: Tensor, src: Tensor, radius: int, eps: float, subsample: int, border: str,
-                 need_guide: bool, need_src: bool) -> tuple[Tensor, Tensor]:
-    _check_backward(grad_out, guide, src, radius, eps, subsample, border)
+def _backward_op(grad_out: Tensor, guide: Tensor, src: Tensor, radius: Option, eps: Option, subsample: Option,
+                 border: str, need_guide: bool, need_src: bool) -> tuple[Tensor, Tensor]:
+    radius, eps, subsample = _check_backward(grad_out, guide, src, radius, eps, subsample, border)
     radius = bounded_radius(radius, src.shape[-2], src.shape[-1])
     return implementation(_OP, src.device).backward(grad_out, guide, src, radius, eps, subsample, border,
                                                     need_guide, need_src)
 
 
 @_backward_op.register_fake
-def _(grad_out: Tensor, guide: Tensor, src: Tensor, radius: int, eps: float, subsample: int, border: str,
+def _(grad_out: Tensor, guide: Tensor, src: Tensor, radius: Option, eps: Option, subsample: Option, border: str,
       need_guide: bool, need_src: bool) -> tuple[Tensor, Tensor]:
     _check_backward(grad_out, guide, src, radius, eps, subsample, border)
     return guide.new_empty(guide.shape), src.new_empty(src.shape)
@@ -131,9 +135,13 @@ def guided_filter(guide: Tensor, src: Tensor, radius: int, eps: float, subsample
             (at the subsampled size).
 
     Returns:
-        ``(B, C, H, W)`` in ``src``'s dtype, contiguous. The native kernel carries box sums in
-        double, stores them in float32 (float64 for float64) and solves in double; the Triton
-        kernels compute in float32 (float64 for float64); the reference in float64.
+        ``(B, C, H, W)`` in ``src``'s dtype, contiguous. The native and Triton kernels share
+        one accuracy contract: the guide centred by its per-image, per-channel mean, box sums
+        carried and the 3x3 system solved (scaled by ``1 / trace``) in double, values stored
+        between the steps in float32 (float64 for float64); the reference computes in
+        float64. A window without measurable variance (``var(I) <= 0``; the trace of
+        ``Sigma`` for a 3-channel guide) gets ``a = 0``, ``b = mean(p)`` for any ``eps``, so a
+        constant guide gives ``mean(mean(p))`` even for ``eps = 1e-30``.
 
         Differentiable in ``guide`` and ``src``. The gradient with respect to ``src`` is native
         for ``border="truncate"``, ``subsample=1``: the filter is linear in ``src`` and its

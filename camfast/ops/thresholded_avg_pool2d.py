@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from camfast.ops._dispatch import implementation
-from camfast.ops._validate import check_is_tensor, check_like, check_tensor
+from camfast.ops._validate import Option, check_is_tensor, check_like, check_tensor
 
 _OP = "thresholded_avg_pool2d"
 
@@ -32,10 +32,10 @@ def check_theta(theta: object) -> float:
     return theta
 
 
-def _check(x: Tensor, theta: float) -> None:
-    # Runs inside the op (eager) and its fake kernel (torch.compile).
+def _check(x: Tensor, theta: Option) -> float:
+    # Runs inside the op (eager) and its fake kernel (torch.compile): theta as a float.
     check_tensor("x", x, 4, "[B, C, H, W]")
-    check_theta(theta)
+    return check_theta(theta)
 
 
 def _acc(x: Tensor) -> torch.dtype:
@@ -53,13 +53,13 @@ def _check_backward(grad_out: Tensor, x: Tensor, tau: Tensor, count: Tensor) -> 
 
 
 @torch.library.custom_op("camfast::thresholded_avg_pool2d", mutates_args=())
-def _forward_op(x: Tensor, theta: float) -> tuple[Tensor, Tensor, Tensor]:
-    _check(x, theta)
+def _forward_op(x: Tensor, theta: Option) -> tuple[Tensor, Tensor, Tensor]:
+    theta = _check(x, theta)
     return implementation(_OP, x.device).forward(x, theta)
 
 
 @_forward_op.register_fake
-def _(x: Tensor, theta: float) -> tuple[Tensor, Tensor, Tensor]:
+def _(x: Tensor, theta: Option) -> tuple[Tensor, Tensor, Tensor]:
     _check(x, theta)
     B, C = x.shape[0], x.shape[1]
     return x.new_empty((B, C)), x.new_empty((B, C), dtype=_acc(x)), x.new_empty((B, C), dtype=_acc(x))

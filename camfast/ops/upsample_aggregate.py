@@ -122,7 +122,7 @@ def upsample_aggregate(
     Zoom-CAM's multi-layer fusion (Shi et al., ICPR 2020), with ``M_l = maps[l]``::
 
         N_l = (M_l - min_hw M_l) / (max_hw M_l - min_hw M_l + 1e-7)   # normalize="minmax"
-        U_l = bilinear(N_l, size, align_corners=False)               # = F.interpolate
+        U_l = bilinear(N_l, size, align_corners=False)               # F.interpolate's taps and weights
         out = max_l U_l   (or mean_l, sum_l, sum_l weights[l] * U_l)
 
     Fused: the ``[B, H, W]`` output is written once; no per-layer full-size map is
@@ -147,7 +147,13 @@ def upsample_aggregate(
         NaN in a layer propagates to every output pixel of that sample.
 
         Differentiable with respect to every map. ``"max"`` sends the gradient to the layer
-        attaining the maximum at each output pixel, the **first in list order on ties**;
+        attaining the maximum at each output pixel, the **first in list order on ties**,
+        compared in the accumulator dtype before rounding to the maps' dtype. The
+        interpolated values are bit-identical on every backend and device (along W, then H,
+        each product and sum rounded on its own, no fused multiply-add; the reference's
+        ``upsample``), so the gradient goes to the same layer everywhere, near-ties included;
+        ``F.interpolate`` agrees to the last bit or two, not bit for bit (its arithmetic
+        varies with device, dtype and size; docs/ops.md, "The tie rule");
         the min/max of the normalisation share their gradient evenly among tied pixels
         (as autograd of ``amin``/``amax`` does); a constant map gets a zero gradient.
         On CUDA the backward adds with atomics by default, so its last bits may vary from

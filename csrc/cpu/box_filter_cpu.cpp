@@ -10,6 +10,7 @@
 #include "box_filter.h"
 #include "cpu/box_sum_cpu.h"
 #include "cpu/cpu_common.h"
+#include "dtype_switch.h"
 
 namespace camfast {
 namespace {
@@ -61,17 +62,10 @@ void box_typed(const BoxProblem& p, bool backward, const T* x, View4 sx, T* out,
 
 void box_filter_cpu(DType dtype, const BoxProblem& p, bool backward, const void* x, View4 sx, void* out,
                     View4 so) {
-  switch (dtype) {
-    case DType::Float32:
-      return box_typed<float>(p, backward, static_cast<const float*>(x), sx, static_cast<float*>(out), so);
-    case DType::Float64:
-      return box_typed<double>(p, backward, static_cast<const double*>(x), sx, static_cast<double*>(out), so);
-    case DType::Float16:
-      return box_typed<half_t>(p, backward, static_cast<const half_t*>(x), sx, static_cast<half_t*>(out), so);
-    case DType::BFloat16:
-      return box_typed<bf16_t>(p, backward, static_cast<const bf16_t*>(x), sx, static_cast<bf16_t*>(out), so);
-  }
-  require(false, "camfast._C: unknown dtype");
+  with_dtype(dtype, [&](auto t) {
+    using T = CAMFAST_T(t);
+    box_typed<T>(p, backward, static_cast<const T*>(x), sx, static_cast<T*>(out), so);
+  });
 }
 
 }  // namespace camfast

@@ -20,6 +20,7 @@
 #include "cpu/box_sum_cpu.h"
 #include "cpu/cpu_common.h"
 #include "guided_filter.h"
+#include "dtype_switch.h"
 
 namespace camfast {
 namespace {
@@ -158,6 +159,14 @@ void hbox(const A* pad, A* out, int64_t K, int64_t W, int64_t r) {
   }
 }
 
+// A variance rounded below zero is zero (NaN stays NaN).
+inline double nonneg(double v) { return std::max(v, 0.0); }
+
+// 1 for a measurable variance (v >= 1e-300), 0 for none (v <= 0), NaN for NaN: a factor of a,
+// not a select, which GCC would not vectorise (under -ftrapping-math it keeps the division
+// that only one arm needs behind a branch).
+inline double measured(double v) { return std::min(std::max(v * 1e300, 0.0), 1.0); }
+
 // One image row of a [B, C, H, W] view as double, contiguous, minus `shift`.
 template <typename T>
 void load_row(const T* base, View4 v, int64_t b, int64_t c, int64_t y, int64_t W, double* dst, double shift = 0.0) {
@@ -280,7 +289,8 @@ void gf_stripe(const GfProblem& p, int64_t b, int64_t y0, int64_t y1, const T* g
           const double mu = m0[x] * sc;
           const double var = m1[x] * sc - mu * mu;
           const double pm = pc[x] * sc;
-          const double a = (ipc[x] * sc - mu * pm) / (var + eps);
+          // no measurable variance (a constant window, eps as tiny as 1e-30): a = 0; NaN stays
+          const double a = (ipc[x] * sc - mu * pm) / (nonneg(var) + eps) * measured(var);
           oa[x] = static_cast<A>(a);
           ob[x] = static_cast<A>(pm - a * mu);
         }
@@ -299,13 +309,16 @@ void gf_stripe(const GfProblem& p, int64_t b, int64_t y0, int64_t y1, const T* g
         for (int64_t x = 0; x < W; ++x) {
           const double sc = sy * invw[x];
           const double mu0 = m0[x] * sc, mu1 = m1[x] * sc, mu2 = m2[x] * sc;
-          const double t00 = q00[x] * sc - mu0 * mu0 + eps, t01 = q01[x] * sc - mu0 * mu1,
-                       t02 = q02[x] * sc - mu0 * mu2, t11 = q11[x] * sc - mu1 * mu1 + eps,
-                       t12 = q12[x] * sc - mu1 * mu2, t22 = q22[x] * sc - mu2 * mu2 + eps;
+          // the variances (a diagonal rounded below zero is zero; NaN stays)
+          const double v00 = nonneg(q00[x] * sc - mu0 * mu0), v11 = nonneg(q11[x] * sc - mu1 * mu1),
+                       v22 = nonneg(q22[x] * sc - mu2 * mu2);
+          const double t00 = v00 + eps, t01 = q01[x] * sc - mu0 * mu1, t02 = q02[x] * sc - mu0 * mu2,
+                       t11 = v11 + eps, t12 = q12[x] * sc - mu1 * mu2, t22 = v22 + eps;
+          const double keep = measured(v00 + v11 + v22);  // no measurable variance: a = 0
           // Sigma + eps Id scaled by 1 / trace (entries <= 1 in magnitude): its adjugate and
           // determinant cannot overflow for a huge eps or guide (eps = 1e300: no inf / inf)
           const double tr = t00 + t11 + t22;
-          const double itr = tr > 0.0 ? 1.0 / tr : 1.0;
+          const double itr = 1.0 / tr;  // tr >= 3 eps > 0
           const double s00 = t00 * itr, s01 = t01 * itr, s02 = t02 * itr, s11 = t11 * itr, s12 = t12 * itr,
                        s22 = t22 * itr;
           // adjugate of the symmetric matrix, then its determinant
@@ -314,9 +327,9 @@ void gf_stripe(const GfProblem& p, int64_t b, int64_t y0, int64_t y1, const T* g
           const double idet = (1.0 / (s00 * c00 + s01 * c01 + s02 * c02)) * itr;
           const double pm = pc[x] * sc;
           const double v0 = ip0[x] * sc - mu0 * pm, v1 = ip1[x] * sc - mu1 * pm, v2 = ip2[x] * sc - mu2 * pm;
-          const double a0 = (c00 * v0 + c01 * v1 + c02 * v2) * idet;
-          const double a1 = (c01 * v0 + c11 * v1 + c12 * v2) * idet;
-          const double a2 = (c02 * v0 + c12 * v1 + c22 * v2) * idet;
+          const double a0 = (c00 * v0 + c01 * v1 + c02 * v2) * idet * keep;
+          const double a1 = (c01 * v0 + c11 * v1 + c12 * v2) * idet * keep;
+          const double a2 = (c02 * v0 + c12 * v1 + c22 * v2) * idet * keep;
           o0[x] = static_cast<A>(a0);
           o1[x] = static_cast<A>(a1);
           o2[x] = static_cast<A>(a2);
@@ -407,21 +420,10 @@ void gf_typed(const GfProblem& p, const T* g, View4 sg, const T* src, View4 ss, 
 
 void guided_filter_cpu(DType dtype, const GfProblem& p, const void* guide, View4 sg, const void* src, View4 ss,
                        void* out, View4 so) {
-  switch (dtype) {
-    case DType::Float32:
-      return gf_typed<float>(p, static_cast<const float*>(guide), sg, static_cast<const float*>(src), ss,
-                             static_cast<float*>(out), so);
-    case DType::Float64:
-      return gf_typed<double>(p, static_cast<const double*>(guide), sg, static_cast<const double*>(src), ss,
-                              static_cast<double*>(out), so);
-    case DType::Float16:
-      return gf_typed<half_t>(p, static_cast<const half_t*>(guide), sg, static_cast<const half_t*>(src), ss,
-                              static_cast<half_t*>(out), so);
-    case DType::BFloat16:
-      return gf_typed<bf16_t>(p, static_cast<const bf16_t*>(guide), sg, static_cast<const bf16_t*>(src), ss,
-                              static_cast<bf16_t*>(out), so);
-  }
-  require(false, "camfast._C: unknown dtype");
+  with_dtype(dtype, [&](auto t) {
+    using T = CAMFAST_T(t);
+    gf_typed<T>(p, static_cast<const T*>(guide), sg, static_cast<const T*>(src), ss, static_cast<T*>(out), so);
+  });
 }
 
 }  // namespace camfast

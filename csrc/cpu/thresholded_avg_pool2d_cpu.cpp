@@ -18,6 +18,7 @@
 
 #include "cpu/cpu_common.h"
 #include "thresholded_avg_pool2d.h"
+#include "dtype_switch.h"
 
 namespace camfast {
 namespace {
@@ -43,6 +44,17 @@ template <typename A> inline A finish(A s, A n, bool bad) {
 }
 
 constexpr int64_t kCB = 64;
+
+// f(j, xp[j * sc]) for the nc channels of a block at one pixel: a vectorised loop when they
+// are contiguous (channels-last), a strided one otherwise. f writes only slot j of its arrays.
+template <typename T, typename F> inline void for_block(const T* xp, int64_t nc, int64_t sc, F&& f) {
+  if (sc == 1) {
+#pragma omp simd
+    for (int64_t j = 0; j < nc; ++j) f(j, load(xp + j));
+  } else {
+    for (int64_t j = 0; j < nc; ++j) f(j, load(xp + j * sc));
+  }
+}
 
 // ----------------------------------------------------------------------------------
 template <typename T>
@@ -112,47 +124,21 @@ void forward_impl(const TapProblem& p, const T* x, T* pooled, Acc<T>* tau, Acc<T
     int nan[kCB];
     for (int64_t j = 0; j < nc; ++j) { m[j] = lowest; nan[j] = 0; s[j] = 0; n[j] = 0; }
     for (int64_t h = 0; h < H; ++h)
-      for (int64_t w = 0; w < W; ++w) {
-        const T* xp = x + p.x.at(b, c0, h, w);
-        if (sc == 1) {
-#pragma omp simd
-          for (int64_t j = 0; j < nc; ++j) {
-            const A v = load(xp + j);
-            m[j] = v > m[j] ? v : m[j];
-            nan[j] |= (v != v);
-          }
-        } else {
-          for (int64_t j = 0; j < nc; ++j) {
-            const A v = load(xp + j * sc);
-            m[j] = v > m[j] ? v : m[j];
-            nan[j] |= (v != v);
-          }
-        }
-      }
+      for (int64_t w = 0; w < W; ++w)
+        for_block(x + p.x.at(b, c0, h, w), nc, sc, [&](int64_t j, A v) {
+          m[j] = v > m[j] ? v : m[j];
+          nan[j] |= (v != v);
+        });
     bool bad[kCB];
     for (int64_t j = 0; j < nc; ++j) t[j] = threshold(m[j], nan[j] != 0, theta, &bad[j]);
     for (int64_t h = 0; h < H; ++h)
-      for (int64_t w = 0; w < W; ++w) {
-        const T* xp = x + p.x.at(b, c0, h, w);
-        if (sc == 1) {
-#pragma omp simd
-          for (int64_t j = 0; j < nc; ++j) {
-            const A v = load(xp + j);
-            const bool k = v > t[j];
-            const A kv = k ? v : A(0), kn = k ? A(1) : A(0);
-            s[j] += kv;
-            n[j] += kn;
-          }
-        } else {
-          for (int64_t j = 0; j < nc; ++j) {
-            const A v = load(xp + j * sc);
-            const bool k = v > t[j];
-            const A kv = k ? v : A(0), kn = k ? A(1) : A(0);
-            s[j] += kv;
-            n[j] += kn;
-          }
-        }
-      }
+      for (int64_t w = 0; w < W; ++w)
+        for_block(x + p.x.at(b, c0, h, w), nc, sc, [&](int64_t j, A v) {
+          const bool k = v > t[j];
+          const A kv = k ? v : A(0), kn = k ? A(1) : A(0);
+          s[j] += kv;
+          n[j] += kn;
+        });
     for (int64_t j = 0; j < nc; ++j) {
       const int64_t bc = b * C + c0 + j;
       const A cnt = std::max(n[j], A(1));
@@ -234,24 +220,12 @@ void backward_typed(const TapProblem& p, const void* x, const void* tau, const v
 
 void thresholded_avg_pool2d_forward_cpu(DType dtype, const TapProblem& p, const void* x, void* pooled,
                                         void* tau, void* count) {
-  switch (dtype) {
-    case DType::Float32: return forward_typed<float>(p, x, pooled, tau, count);
-    case DType::Float64: return forward_typed<double>(p, x, pooled, tau, count);
-    case DType::Float16: return forward_typed<half_t>(p, x, pooled, tau, count);
-    case DType::BFloat16: return forward_typed<bf16_t>(p, x, pooled, tau, count);
-  }
-  throw std::invalid_argument("thresholded_avg_pool2d: unsupported dtype code");
+  with_dtype(dtype, [&](auto t) { forward_typed<CAMFAST_T(t)>(p, x, pooled, tau, count); });
 }
 
 void thresholded_avg_pool2d_backward_cpu(DType dtype, const TapProblem& p, const void* x, const void* tau,
                                          const void* count, const void* grad_out, void* grad_x, View4 dx) {
-  switch (dtype) {
-    case DType::Float32: return backward_typed<float>(p, x, tau, count, grad_out, grad_x, dx);
-    case DType::Float64: return backward_typed<double>(p, x, tau, count, grad_out, grad_x, dx);
-    case DType::Float16: return backward_typed<half_t>(p, x, tau, count, grad_out, grad_x, dx);
-    case DType::BFloat16: return backward_typed<bf16_t>(p, x, tau, count, grad_out, grad_x, dx);
-  }
-  throw std::invalid_argument("thresholded_avg_pool2d: unsupported dtype code");
+  with_dtype(dtype, [&](auto t) { backward_typed<CAMFAST_T(t)>(p, x, tau, count, grad_out, grad_x, dx); });
 }
 
 }  // namespace camfast

@@ -20,6 +20,7 @@
 
 #include "upsample_aggregate.h"
 #include "cpu/cpu_common.h"
+#include "dtype_switch.h"
 
 namespace camfast {
 namespace {
@@ -460,24 +461,12 @@ void backward_typed(const UaProblem& p, const UaLayer* layers, const void* gout_
 }  // namespace
 
 void upsample_aggregate_forward_cpu(DType dtype, const UaProblem& p, const UaLayer* layers, void* out, void* ws) {
-  switch (dtype) {
-    case DType::Float32: return forward_typed<float>(p, layers, out, ws);
-    case DType::Float64: return forward_typed<double>(p, layers, out, ws);
-    case DType::Float16: return forward_typed<half_t>(p, layers, out, ws);
-    case DType::BFloat16: return forward_typed<bf16_t>(p, layers, out, ws);
-  }
-  throw std::invalid_argument("upsample_aggregate: unsupported dtype code");
+  with_dtype(dtype, [&](auto t) { forward_typed<CAMFAST_T(t)>(p, layers, out, ws); });
 }
 
 void upsample_aggregate_backward_cpu(DType dtype, const UaProblem& p, const UaLayer* layers, const void* gout,
                                      void* ws) {
-  switch (dtype) {
-    case DType::Float32: return backward_typed<float>(p, layers, gout, ws);
-    case DType::Float64: return backward_typed<double>(p, layers, gout, ws);
-    case DType::Float16: return backward_typed<half_t>(p, layers, gout, ws);
-    case DType::BFloat16: return backward_typed<bf16_t>(p, layers, gout, ws);
-  }
-  throw std::invalid_argument("upsample_aggregate: unsupported dtype code");
+  with_dtype(dtype, [&](auto t) { backward_typed<CAMFAST_T(t)>(p, layers, gout, ws); });
 }
 
 }  // namespace camfast

@@ -6,6 +6,7 @@
 // vertical pass reads coalesced rows). Running sums are carried in double.
 #include "box_filter.h"
 #include "cuda/cuda_common.cuh"
+#include "dtype_switch.h"
 
 namespace camfast {
 namespace {
@@ -80,13 +81,7 @@ void box_filter_cuda(DType dtype, const BoxProblem& p, bool backward, const void
                      View4 so, void* workspace, int device, void* stream) {
   DeviceGuard guard(device);
   cudaStream_t s = static_cast<cudaStream_t>(stream);
-  switch (dtype) {
-    case DType::Float32: return run<float>(p, backward, x, sx, out, so, workspace, s);
-    case DType::Float64: return run<double>(p, backward, x, sx, out, so, workspace, s);
-    case DType::Float16: return run<half_t>(p, backward, x, sx, out, so, workspace, s);
-    case DType::BFloat16: return run<bf16_t>(p, backward, x, sx, out, so, workspace, s);
-  }
-  require(false, "camfast._C: unknown dtype");
+  with_dtype(dtype, [&](auto t) { run<CAMFAST_T(t)>(p, backward, x, sx, out, so, workspace, s); });
 }
 
 }  // namespace camfast

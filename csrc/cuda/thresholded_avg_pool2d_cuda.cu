@@ -11,6 +11,7 @@
 
 #include "cuda/cuda_common.cuh"
 #include "thresholded_avg_pool2d.h"
+#include "dtype_switch.h"
 
 namespace camfast {
 namespace {
@@ -107,12 +108,7 @@ void thresholded_avg_pool2d_forward_cuda(DType dtype, const TapProblem& p, const
                                          void* tau, void* count, int device, void* stream) {
   DeviceGuard guard(device);
   auto s = static_cast<cudaStream_t>(stream);
-  switch (dtype) {
-    case DType::Float32: return forward_typed<float>(p, x, pooled, tau, count, s);
-    case DType::Float64: return forward_typed<double>(p, x, pooled, tau, count, s);
-    case DType::Float16: return forward_typed<half_t>(p, x, pooled, tau, count, s);
-    case DType::BFloat16: return forward_typed<bf16_t>(p, x, pooled, tau, count, s);
-  }
+  with_dtype(dtype, [&](auto t) { forward_typed<CAMFAST_T(t)>(p, x, pooled, tau, count, s); });
 }
 
 void thresholded_avg_pool2d_backward_cuda(DType dtype, const TapProblem& p, const void* x, const void* tau,
@@ -120,12 +116,7 @@ void thresholded_avg_pool2d_backward_cuda(DType dtype, const TapProblem& p, cons
                                           int device, void* stream) {
   DeviceGuard guard(device);
   auto s = static_cast<cudaStream_t>(stream);
-  switch (dtype) {
-    case DType::Float32: return backward_typed<float>(p, x, tau, count, grad_out, grad_x, dx, s);
-    case DType::Float64: return backward_typed<double>(p, x, tau, count, grad_out, grad_x, dx, s);
-    case DType::Float16: return backward_typed<half_t>(p, x, tau, count, grad_out, grad_x, dx, s);
-    case DType::BFloat16: return backward_typed<bf16_t>(p, x, tau, count, grad_out, grad_x, dx, s);
-  }
+  with_dtype(dtype, [&](auto t) { backward_typed<CAMFAST_T(t)>(p, x, tau, count, grad_out, grad_x, dx, s); });
 }
 
 }  // namespace camfast

@@ -25,6 +25,7 @@
 
 #include "upsample_aggregate.h"
 #include "cuda/cuda_common.cuh"
+#include "dtype_switch.h"
 
 namespace camfast {
 namespace {
@@ -49,6 +50,14 @@ struct Dims {
   int normalize;
 };
 
+// Products and sums rounded one by one, never contracted into an FMA (nvcc contracts
+// a * b + c by default): the interpolated values are then bit-identical to the CPU kernel's,
+// the Triton kernels' and the reference's, so reduce=max picks the same winner everywhere.
+__device__ __forceinline__ float mul_rn(float a, float b) { return __fmul_rn(a, b); }
+__device__ __forceinline__ double mul_rn(double a, double b) { return __dmul_rn(a, b); }
+__device__ __forceinline__ float add_rn(float a, float b) { return __fadd_rn(a, b); }
+__device__ __forceinline__ double add_rn(double a, double b) { return __dadd_rn(a, b); }
+
 // torch's compute_source_index_and_lambda (align_corners=False, no scale given).
 template <typename A>
 __device__ __forceinline__ void tap(int in, long long out, long long d, int& i0, int& i1, A& l0, A& l1) {
@@ -59,7 +68,7 @@ __device__ __forceinline__ void tap(int in, long long out, long long d, int& i0,
     return;
   }
   const A scale = static_cast<A>(in) / static_cast<A>(out);
-  A src = scale * (static_cast<A>(d) + A(0.5)) - A(0.5);
+  A src = add_rn(mul_rn(scale, add_rn(static_cast<A>(d), A(0.5))), A(-0.5));
   src = src < A(0) ? A(0) : src;
   i0 = min(static_cast<int>(src), in - 1);
   const A f = src - static_cast<A>(i0);
@@ -99,7 +108,9 @@ __device__ __forceinline__ A sample(const DevLayer& ly, const Norm<A>& nm, const
   const A v01 = nm(static_cast<A>(ld(m + r0 * ly.sh + c1 * ly.sw)));
   const A v10 = nm(static_cast<A>(ld(m + r1 * ly.sh + c0 * ly.sw)));
   const A v11 = nm(static_cast<A>(ld(m + r1 * ly.sh + c1 * ly.sw)));
-  return (v00 * w0 + v01 * w1) * h0 + (v10 * w0 + v11 * w1) * h1;
+  // W inner, H outer: (v00 w0 + v01 w1) h0 + (v10 w0 + v11 w1) h1, each operation rounded
+  return add_rn(mul_rn(add_rn(mul_rn(v00, w0), mul_rn(v01, w1)), h0),
+                mul_rn(add_rn(mul_rn(v10, w0), mul_rn(v11, w1)), h1));
 }
 
 // NaN-propagating min and max, as torch.amin/amax.
@@ -361,24 +372,14 @@ void upsample_aggregate_forward_cuda(DType dtype, const UaProblem& p, const UaLa
                                      int device, void* stream) {
   DeviceGuard guard(device);
   auto s = static_cast<cudaStream_t>(stream);
-  switch (dtype) {
-    case DType::Float32: return forward_typed<float>(p, layers, out, ws, s);
-    case DType::Float64: return forward_typed<double>(p, layers, out, ws, s);
-    case DType::Float16: return forward_typed<half_t>(p, layers, out, ws, s);
-    case DType::BFloat16: return forward_typed<bf16_t>(p, layers, out, ws, s);
-  }
+  with_dtype(dtype, [&](auto t) { forward_typed<CAMFAST_T(t)>(p, layers, out, ws, s); });
 }
 
 void upsample_aggregate_backward_cuda(DType dtype, const UaProblem& p, const UaLayer* layers, const void* gout,
                                       void* ws, int device, void* stream) {
   DeviceGuard guard(device);
   auto s = static_cast<cudaStream_t>(stream);
-  switch (dtype) {
-    case DType::Float32: return backward_typed<float>(p, layers, gout, ws, s);
-    case DType::Float64: return backward_typed<double>(p, layers, gout, ws, s);
-    case DType::Float16: return backward_typed<half_t>(p, layers, gout, ws, s);
-    case DType::BFloat16: return backward_typed<bf16_t>(p, layers, gout, ws, s);
-  }
+  with_dtype(dtype, [&](auto t) { backward_typed<CAMFAST_T(t)>(p, layers, gout, ws, s); });
 }
 
 }  // namespace camfast

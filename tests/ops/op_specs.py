@@ -492,8 +492,8 @@ BOX_FILTER = OpSpec(
     gradcheck_fast=lambda backend, device, case: backend == "triton",
     bad_inputs=(
         BadInput("radius-negative", lambda: (_x(), -1), ValueError, "radius", "radius must be an int >= 0", True),
-        BadInput("radius-float", lambda: (_x(), 1.5), TypeError, "radius", "radius must be an int"),
-        BadInput("radius-bool", lambda: (_x(), True), TypeError, "radius", "radius must be an int"),
+        BadInput("radius-float", lambda: (_x(), 1.5), TypeError, "radius", "radius must be an int", True),
+        BadInput("radius-bool", lambda: (_x(), True), TypeError, "radius", "radius must be an int, got bool", True),
         BadInput("3d", lambda: (_x()[0], 1), ValueError, "x", r"x must have 4 dimensions \[B, C, H, W\]", True),
         BadInput("long", lambda: (_x().long(), 1), TypeError, "x", "x must have a floating dtype", True),
         BadInput("empty", lambda: (_x()[:, :, :0], 1), ValueError, "x", "x must not be empty", True),
@@ -565,7 +565,14 @@ GUIDED_FILTER = OpSpec(
         _gf_bad("eps-nan", lambda g, s: (g, s, 1, float("nan"), 1, "truncate"), ValueError, "eps", "eps must be", True),
         _gf_bad("radius-negative", lambda g, s: (g, s, -1, 0.1, 1, "truncate"), ValueError, "radius",
                 "radius must be an int >= 0", True),
-        _gf_bad("radius-float", lambda g, s: (g, s, 1.0, 0.1, 1, "truncate"), TypeError, "radius", "radius must be an int"),
+        _gf_bad("radius-float", lambda g, s: (g, s, 1.0, 0.1, 1, "truncate"), TypeError, "radius", "radius must be an int",
+                True),
+        _gf_bad("radius-bool", lambda g, s: (g, s, True, 0.1, 1, "truncate"), TypeError, "radius",
+                "radius must be an int, got bool", True),
+        _gf_bad("subsample-bool", lambda g, s: (g, s, 1, 0.1, True, "truncate"), TypeError, "subsample",
+                "subsample must be an int, got bool", True),
+        _gf_bad("eps-bool", lambda g, s: (g, s, 1, True, 1, "truncate"), TypeError, "eps", "eps must be a float, got bool",
+                True),
         _gf_bad("subsample-zero", lambda g, s: (g, s, 1, 0.1, 0, "truncate"), ValueError, "subsample",
                 "subsample must be an int >= 1", True),
         _gf_bad("border", lambda g, s: (g, s, 1, 0.1, 1, "zeros"), ValueError, "border", "border must be one of", True),
@@ -603,7 +610,7 @@ def _tap_random(small: bool):
 
 def _tap_bad_theta(id, theta, exc) -> BadInput:
     return BadInput(f"theta-{id}", lambda: (torch.rand(1, 2, 3, 3), theta), exc, "theta", "theta must be a float in",
-                    direct=exc is ValueError)
+                    direct=exc is ValueError or isinstance(theta, bool))
 
 
 THRESHOLDED_AVG_POOL2D = OpSpec(

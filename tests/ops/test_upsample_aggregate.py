@@ -81,6 +81,58 @@ def test_max_ties_go_to_the_first_layer(backend, device):
         assert_close(g, x, torch.float64, "ties vs reference backward")
 
 
+def _near_tie_maps(dtype, device):
+    """A map, the same map moved by -2..2 ulps at each pixel, and a smaller third layer: the
+    first two interpolated to (40, 44) differ by a few ulps at most, so the winner of
+    reduce="max" there depends on every rounding."""
+    gen = torch.Generator().manual_seed(21)
+    m = torch.randn((2, 7, 9), generator=gen, dtype=torch.float64).to(dtype)
+    ulp = (torch.nextafter(m, torch.full_like(m, float("inf"))) - m).double()
+    moved = (m.double() + torch.randint(-2, 3, m.shape, generator=gen) * ulp).to(dtype)
+    third = (0.5 * torch.randn((2, 5, 4), generator=gen, dtype=torch.float64)).to(dtype)
+    return [x.to(device) for x in (m, moved, third)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+def test_max_winner_is_bit_identical_across_backends(backend, device, dtype):
+    """The tie rule (issue 13 item 19): every backend computes the same interpolated values to
+    the last bit (``ref.upsample``'s operations in its order, no fused multiply-add), so the
+    output and the layer each pixel's gradient goes to are those of the reference exactly,
+    near-ties included (the reference used to call F.interpolate, whose CPU arithmetic for
+    outputs with H + W <= 128 differs in the last bit)."""
+    maps = [m.requires_grad_(True) for m in _near_tie_maps(dtype, device)]
+    size = (40, 44)
+    ups = torch.stack([ref.upsample(m.detach().float(), size) for m in maps])
+    if dtype == torch.float32:
+        gap = (ups[0] - ups[1]).abs()
+        assert ((gap > 0) & (gap < 1e-6)).sum() > 100, "the maps should meet many near-ties"
+    out = upsample_aggregate(maps, size, "max", "none")
+    assert torch.equal(out, ref.forward([m.detach() for m in maps], size, "max", "none")), "forward"
+    grads = torch.autograd.grad(out, maps, torch.ones_like(out))
+    winner = ups.max(dim=0).indices
+    for i, g in enumerate(grads):
+        # the transpose of the interpolation of the winner mask: a pixel given to another layer
+        # moves a weight product (of order 0.1) from one layer's gradient to another's
+        mask = (winner == i).to(torch.float64)[:, None]
+        h, w = maps[i].shape[1:]
+        want = torch.ops.aten.upsample_bilinear2d_backward(mask, list(size), [2, 1, h, w], False, None, None)[:, 0]
+        atol = 2e-2 if dtype == torch.float16 else 1e-5
+        torch.testing.assert_close(g.double().cpu(), want.cpu(), atol=atol, rtol=1e-3,
+                                   msg=lambda msg, i=i: f"layer {i} gradient: {msg}")
+
+
+def test_reference_interpolation_is_f_interpolate_up_to_rounding():
+    """``ref.upsample`` is torch's bilinear interpolation (the same taps and weights), written
+    out: it agrees with F.interpolate to a few ulps (float32 and float64) on every CPU path."""
+    gen = torch.Generator().manual_seed(22)
+    for dtype, tol in ((torch.float32, 4e-7), (torch.float64, 1e-15)):
+        for src, size in (((5, 7), (40, 44)), ((7, 5), (224, 200)), ((30, 31), (9, 13)), ((3, 4), (3, 11))):
+            n = torch.randn((2, *src), generator=gen, dtype=dtype)
+            want = torch.nn.functional.interpolate(n[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+            err = (ref.upsample(n, size) - want).abs().max().item()
+            assert err <= tol * n.abs().max().item(), f"{dtype} {src} -> {size}: {err:.3g}"
+
+
 def test_min_max_ties_share_the_gradient(backend, device):
     """Tied minima and maxima share dL/dmin and dL/dmax evenly, as autograd of amin/amax."""
     m = torch.tensor([[0.0, 2.0, 1.0], [2.0, 0.5, 0.0]], dtype=torch.float64, device=device)

@@ -11,6 +11,17 @@ the layers are reduced element-wise:
     U_l   = interpolate(N_l, size=(H, W), mode="bilinear", align_corners=False)
     out   = max_l U_l | mean_l U_l | sum_l U_l | sum_l weights_l * U_l
 
+The interpolation (:func:`upsample`) is written out rather than called: torch's index and
+weight formulas (``compute_source_index_and_lambda``), evaluated along W first and then
+along H, ``U = (N[i0, j0] l0 + N[i0, j1] l1) k0 + (N[i1, j0] l0 + N[i1, j1] l1) k1`` with
+every product and sum rounded on its own in the accumulator dtype. Every kernel computes
+exactly these operations in this order (no fused multiply-add), so the values, and the
+layer that wins a tie under ``reduce="max"``, are bit-identical on every backend and
+device. ``F.interpolate`` itself picks its arithmetic by device, dtype, layout and output
+size (on CPU a four-product sum for outputs with ``H + W <= 128``, the nested form above
+beyond; FMA contraction on CUDA; float16 weights for float16 tensors), so it agrees with
+this to the last bit or so, not bit for bit.
+
 ``forward`` is written with plain torch ops, so autograd of it is the specification of the
 gradient. ``backward`` spells that gradient out (every kernel's backward follows it):
 
@@ -35,7 +46,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from camfast.ops._spec import UA_EPS as EPS  # 1e-7, fixed
@@ -58,9 +68,32 @@ def normalize_map(m: Tensor, normalize: str) -> Tensor:
     return torch.where(rng == 0, torch.zeros_like(m), (m - mn) / (rng + EPS))
 
 
+def axis_taps(n_in: int, n_out: int, dtype: torch.dtype, device: torch.device
+              ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Where each output index of an axis samples it: source indices ``i0``, ``i1`` (int64) and
+    weights ``l0``, ``l1`` (``dtype``), torch's ``compute_source_index_and_lambda``
+    (``align_corners=False``, no scale): ``src = max(0, (n_in / n_out) (d + 1/2) - 1/2)``,
+    ``i0 = min(floor(src), n_in - 1)``, ``l1 = clamp(src - i0, 0, 1)``, ``l0 = 1 - l1``,
+    ``i1 = min(i0 + 1, n_in - 1)``; an axis of unchanged size is copied (``l0 = 1``)."""
+    d = torch.arange(n_out, device=device)
+    if n_in == n_out:
+        one = torch.ones(n_out, dtype=dtype, device=device)
+        return d, d, one, torch.zeros_like(one)
+    scale = torch.tensor(n_in, dtype=dtype, device=device) / torch.tensor(n_out, dtype=dtype, device=device)
+    src = (scale * (d.to(dtype) + 0.5) - 0.5).clamp(min=0)
+    i0 = src.to(torch.int64).clamp(max=n_in - 1)  # truncation is floor: src >= 0
+    l1 = (src - i0.to(dtype)).clamp(0, 1)
+    return i0, (i0 + 1).clamp(max=n_in - 1), 1 - l1, l1
+
+
 def upsample(n: Tensor, size: Sequence[int]) -> Tensor:
-    """``[B, h, w] -> [B, H, W]``: bilinear, ``align_corners=False``, no antialias."""
-    return F.interpolate(n[:, None], size=(int(size[0]), int(size[1])), mode="bilinear", align_corners=False)[:, 0]
+    """``[B, h, w] -> [B, H, W]``: bilinear, ``align_corners=False``, no antialias; along W,
+    then along H, each operation rounded in ``n``'s dtype (see the module docstring)."""
+    H, W = int(size[0]), int(size[1])
+    i0, i1, k0, k1 = axis_taps(n.shape[1], H, n.dtype, n.device)
+    j0, j1, l0, l1 = axis_taps(n.shape[2], W, n.dtype, n.device)
+    rows = n[:, :, j0] * l0 + n[:, :, j1] * l1                       # [B, h, W]
+    return rows[:, i0, :] * k0[:, None] + rows[:, i1, :] * k1[:, None]
 
 
 def _layer_coefficients(reduce: str, n_layers: int, weights: Sequence[float] | None) -> list[float]:
@@ -80,7 +113,7 @@ def forward(
     acc = _acc_dtype(maps[0])
     ups = torch.stack([upsample(normalize_map(m.to(acc), normalize), size) for m in maps])
     if reduce == "max":
-        out = ups.max(dim=0).values  # ties: the first layer gets the gradient
+        out = ups.max(dim=0).values  # ties (equal in the accumulator dtype): the first layer gets the gradient
     elif reduce == "mean":
         out = ups.mean(dim=0)
     elif reduce == "sum":

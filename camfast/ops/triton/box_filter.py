@@ -4,9 +4,17 @@ Two kernels, as the native CUDA ones: ``_rows_kernel`` gives each program a bloc
 (b, c, y) rows and carries the horizontal running sums along x (vectorised over the rows of
 the block); ``_cols_kernel`` gives each program a block of (b, c, x) columns and carries the
 vertical running sums along y. Both O(1) per pixel whatever the radius; the horizontal sums
-go through an accumulator-dtype workspace. ``BACKWARD`` scales the input by 1 / N instead of
-the output (the adjoint, see ``camfast/ops/box_filter.py``). Offsets are int64 (the strides
-and sizes are cast once, so ``i * stride`` cannot wrap past 2^31 elements).
+go through a workspace in the accumulator dtype. ``BACKWARD`` scales the input by 1 / N
+instead of the output (the adjoint, see ``camfast/ops/box_filter.py``). Offsets are int64
+(the strides and sizes are cast once, so ``i * stride`` cannot wrap past 2^31 elements).
+
+Accuracy: the native kernel's contract (``csrc/cpu/box_sum_cpu.h``). The running sums and
+the 1 / N scalings are float64 whatever the input dtype; the workspace holds each window
+sum rounded once to the accumulator dtype (float32; float64 for float64 inputs). A float32
+running sum loses the small values after large ones leave the window (``[1e8]*50 +
+[0.5]*50``, radius 3, gave -0.375 for 0.5); in float64 the error stays at the last bits of
+the window sum. Values reach float64 through the accumulator dtype (:func:`widen`): the
+interpreter cannot cast bfloat16 to float64 directly.
 
 Performance plan (issue 14, item 11; not done: no GPU has measured these kernels yet, and
 a rewrite that only the interpreter has run would be a guess). The rows pass, here and in
@@ -23,8 +31,8 @@ the benchmark's [8, 16, 224, 224], about a tenth of an H100's resident threads).
    window sums as ``P[y, min(x + r, W - 1)] - P[y, x - r - 1]`` (two coalesced, L2-resident
    loads) for the rows entering and leaving the vertical window.
 
-Float32 prefix sums over long rows lose digits (why the reference works in float64): keep
-the tile-local scan in the accumulator dtype and carry the tile totals in float64, and check
+A float32 prefix sum loses the window's digits after large values (the accuracy contract
+above): the scan and its carry stay float64 (or compensated), and check
 against ``tests`` (their tolerance table) and ``benchmarks/run.py box_filter --device cuda``
 (``scripts/gpu-check.sh``) before making it the default.
 """
@@ -42,10 +50,24 @@ _BLOCK = 128
 
 
 @triton.jit
-def _inv_count(i, n, r, ACC: tl.constexpr):
+def widen(v, ACC: tl.constexpr):
+    """``v`` (float16, bfloat16, float32 or float64) as float64, through ``ACC`` (float32, or
+    float64 for float64 data): one cast chain that the interpreter runs for every dtype."""
+    return v.to(ACC).to(tl.float64)
+
+
+@triton.jit
+def narrow(v, ACC: tl.constexpr, OUT: tl.constexpr):
+    """A float64 value stored as ``OUT``, rounded once to ``ACC`` first (as the native
+    kernels do: double -> float -> half)."""
+    return v.to(ACC).to(OUT)
+
+
+@triton.jit
+def _inv_count(i, n, r):
     lo = tl.maximum(i - r, 0)
     hi = tl.minimum(i + r, n - 1)
-    return 1.0 / (hi - lo + 1).to(ACC)
+    return 1.0 / (hi - lo + 1).to(tl.float64)
 
 
 @triton.jit
@@ -57,23 +79,23 @@ def _rows_kernel(x_ptr, ws_ptr, NROWS, C, H, W, r, sb, sc, sh, sw,
     y = t % H
     bc = t // H
     base = (bc // C) * sb + (bc % C) * sc + y * sh
-    sy = _inv_count(y, H, r, ACC)
-    s = tl.zeros([BLOCK], dtype=ACC)
+    sy = _inv_count(y, H, r)
+    s = tl.zeros([BLOCK], dtype=tl.float64)
     last = tl.minimum(r, W - 1)
     for i in range(0, last + 1):
-        v = tl.load(x_ptr + base + i * sw, mask=m, other=0.0).to(ACC)
+        v = widen(tl.load(x_ptr + base + i * sw, mask=m, other=0.0), ACC)
         if BACKWARD:
-            v = v * sy * _inv_count(i, W, r, ACC)
+            v = v * sy * _inv_count(i, W, r)
         s += v
     for i in range(0, W):
-        tl.store(ws_ptr + t * W + i, s, mask=m)
+        tl.store(ws_ptr + t * W + i, s.to(ACC), mask=m)
         a = t * 0 + (i + r + 1)
-        va = tl.load(x_ptr + base + a * sw, mask=m & (a < W), other=0.0).to(ACC)
+        va = widen(tl.load(x_ptr + base + a * sw, mask=m & (a < W), other=0.0), ACC)
         d = t * 0 + (i - r)
-        vd = tl.load(x_ptr + base + d * sw, mask=m & (d >= 0), other=0.0).to(ACC)
+        vd = widen(tl.load(x_ptr + base + d * sw, mask=m & (d >= 0), other=0.0), ACC)
         if BACKWARD:
-            va = tl.where(a < W, va * sy * _inv_count(tl.minimum(a, W - 1), W, r, ACC), 0.0)
-            vd = tl.where(d >= 0, vd * sy * _inv_count(tl.maximum(d, 0), W, r, ACC), 0.0)
+            va = tl.where(a < W, va * sy * _inv_count(tl.minimum(a, W - 1), W, r), 0.0)
+            vd = tl.where(d >= 0, vd * sy * _inv_count(tl.maximum(d, 0), W, r), 0.0)
         s += va - vd
 
 
@@ -88,21 +110,21 @@ def _cols_kernel(ws_ptr, out_ptr, NCOLS, C, H, W, r, sb, sc, sh, sw,
     bc = t // W
     col = bc * H * W + x
     obase = (bc // C) * sb + (bc % C) * sc + x * sw
-    sx = _inv_count(x, W, r, ACC)
-    s = tl.zeros([BLOCK], dtype=ACC)
+    sx = _inv_count(x, W, r)
+    s = tl.zeros([BLOCK], dtype=tl.float64)
     last = tl.minimum(r, H - 1)
     for i in range(0, last + 1):
-        s += tl.load(ws_ptr + col + i * W, mask=m, other=0.0)
+        s += widen(tl.load(ws_ptr + col + i * W, mask=m, other=0.0), ACC)
     for y in range(0, H):
         if BACKWARD:
             v = s
         else:
-            v = s * sx * _inv_count(y, H, r, ACC)
-        tl.store(out_ptr + obase + y * sh, v.to(out_ptr.dtype.element_ty), mask=m)
+            v = s * sx * _inv_count(y, H, r)
+        tl.store(out_ptr + obase + y * sh, narrow(v, ACC, out_ptr.dtype.element_ty), mask=m)
         a = t * 0 + (y + r + 1)
         d = t * 0 + (y - r)
-        s += tl.load(ws_ptr + col + a * W, mask=m & (a < H), other=0.0)
-        s -= tl.load(ws_ptr + col + d * W, mask=m & (d >= 0), other=0.0)
+        s += widen(tl.load(ws_ptr + col + a * W, mask=m & (a < H), other=0.0), ACC)
+        s -= widen(tl.load(ws_ptr + col + d * W, mask=m & (d >= 0), other=0.0), ACC)
 
 
 def _run(x: Tensor, radius: int, backward: bool, out_dtype: torch.dtype | None = None) -> Tensor:

@@ -11,7 +11,17 @@ Four steps, no per-pixel matrix tensor:
    ``[B, (G+1) C, H, W]``; then the box means of those;
 4. ``_apply_kernel``: ``q_c = mean(a_c)^T I + mean(b_c)`` with the full-resolution guide.
 
-Everything runs in the accumulator dtype (float32; float64 for float64 inputs).
+Accuracy: the native kernel's contract (``csrc/cpu/guided_filter_cpu.cpp``). The guide is
+centred per image and channel (its float64 mean subtracted: the filter is invariant to that
+shift, and products ``I I^T`` of a guide far from zero would round to more than its local
+variance); products, box sums (the Triton box filter's float64 running sums), the solve and
+the final combination are computed in float64 and stored between the steps in the
+accumulator dtype (float32; float64 for float64 inputs). The 3x3 system is scaled by
+``1 / trace`` before its adjugate and determinant are formed (no overflow for a huge eps or
+guide). A window without measurable variance (``var(I) <= 0``, the trace of ``Sigma`` for a
+3-channel guide) gets ``a = 0``, ``b = mean(p)`` for any ``eps > 0``: a constant guide with
+``eps = 1e-30`` gave NaN. (A gray image copied to 3 channels at ``eps = 1e-6``, a nearly
+singular ``Sigma + eps Id``, was off by 0.11 in float32.)
 ``border="reflect"`` pads each box-mean input with torch's reflect padding and keeps the
 interior of the truncated-window means (where no window is cut, so the divisor is
 ``(2r+1)^2``): kornia's convention. ``subsample > 1`` computes steps 1-3 on the resized grid
@@ -35,6 +45,7 @@ from torch import Tensor
 from camfast.ops.reference import guided_filter as ref
 from camfast.ops.triton import box_filter as tbox
 from camfast.ops.triton._launch import device_scalar, flat_grid, on_input_device
+from camfast.ops.triton.box_filter import narrow, widen
 
 _BLOCK = 1024
 
@@ -50,40 +61,70 @@ def _pixels(NPIX, HW, W, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _products_kernel(g_ptr, p_ptr, out_ptr, NPIX, C, HW, W, gsb, gsc, gsh, gsw, psb, psc, psh, psw,
-                     G: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
-    HW, gsc, psc = tl.cast(HW, tl.int64), tl.cast(gsc, tl.int64), tl.cast(psc, tl.int64)
+def _offset(b, y, x, sb, sc, sh, sw):
+    """The offset of pixel (b, 0, y, x) of a strided [B, C, H, W] tensor and its channel stride (int64)."""
+    return b * sb + y * sh + x * sw, tl.cast(sc, tl.int64)
+
+
+@triton.jit
+def _centred(ptr, shift_ptr, m, ACC: tl.constexpr):
+    """The guide values at ``ptr`` minus their channel's mean at ``shift_ptr``, float64."""
+    return widen(tl.load(ptr, mask=m, other=0.0), ACC) - tl.load(shift_ptr, mask=m, other=0.0)
+
+
+@triton.jit
+def _centred_guide(g_ptr, shift_ptr, NPIX, HW, W, gsb, gsc, gsh, gsw,
+                   G: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
+    """This program's pixels (:func:`_pixels`) and the guide there minus its per-image channel
+    mean ``shift`` ([B, G] float64), in float64: ``i1``, ``i2`` repeat ``i0`` when G == 1."""
+    HW = tl.cast(HW, tl.int64)
     t, m, b, pix, y, x = _pixels(NPIX, HW, W, BLOCK)
-    gbase = b * gsb + y * gsh + x * gsw
-    pbase = b * psb + y * psh + x * psw
+    gbase, gsc = _offset(b, y, x, gsb, gsc, gsh, gsw)
+    i0 = _centred(g_ptr + gbase, shift_ptr + b * G, m, ACC)
+    i1 = i0
+    i2 = i0
+    if G == 3:
+        i1 = _centred(g_ptr + gbase + gsc, shift_ptr + b * G + 1, m, ACC)
+        i2 = _centred(g_ptr + gbase + 2 * gsc, shift_ptr + b * G + 2, m, ACC)
+    return m, b, pix, y, x, HW, i0, i1, i2
+
+
+@triton.jit
+def _products_kernel(p_ptr, psb, psc, psh, psw, out_ptr, g_ptr, shift_ptr, NPIX, C, HW, W, gsb, gsc, gsh, gsw,
+                     G: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
+    m, b, pix, y, x, HW, i0, i1, i2 = _centred_guide(g_ptr, shift_ptr, NPIX, HW, W, gsb, gsc, gsh, gsw, G, ACC, BLOCK)
+    pbase, psc = _offset(b, y, x, psb, psc, psh, psw)
     K = G + G * (G + 1) // 2 + C + G * C
     obase = b * K * HW + pix
-    i0 = tl.load(g_ptr + gbase, mask=m, other=0.0).to(ACC)
     if G == 1:
-        tl.store(out_ptr + obase, i0, mask=m)
-        tl.store(out_ptr + obase + HW, i0 * i0, mask=m)
+        tl.store(out_ptr + obase, i0.to(ACC), mask=m)
+        tl.store(out_ptr + obase + HW, (i0 * i0).to(ACC), mask=m)
         o = 2
     else:
-        i1 = tl.load(g_ptr + gbase + gsc, mask=m, other=0.0).to(ACC)
-        i2 = tl.load(g_ptr + gbase + 2 * gsc, mask=m, other=0.0).to(ACC)
-        tl.store(out_ptr + obase, i0, mask=m)
-        tl.store(out_ptr + obase + HW, i1, mask=m)
-        tl.store(out_ptr + obase + 2 * HW, i2, mask=m)
-        tl.store(out_ptr + obase + 3 * HW, i0 * i0, mask=m)
-        tl.store(out_ptr + obase + 4 * HW, i0 * i1, mask=m)
-        tl.store(out_ptr + obase + 5 * HW, i0 * i2, mask=m)
-        tl.store(out_ptr + obase + 6 * HW, i1 * i1, mask=m)
-        tl.store(out_ptr + obase + 7 * HW, i1 * i2, mask=m)
-        tl.store(out_ptr + obase + 8 * HW, i2 * i2, mask=m)
+        tl.store(out_ptr + obase, i0.to(ACC), mask=m)
+        tl.store(out_ptr + obase + HW, i1.to(ACC), mask=m)
+        tl.store(out_ptr + obase + 2 * HW, i2.to(ACC), mask=m)
+        tl.store(out_ptr + obase + 3 * HW, (i0 * i0).to(ACC), mask=m)
+        tl.store(out_ptr + obase + 4 * HW, (i0 * i1).to(ACC), mask=m)
+        tl.store(out_ptr + obase + 5 * HW, (i0 * i2).to(ACC), mask=m)
+        tl.store(out_ptr + obase + 6 * HW, (i1 * i1).to(ACC), mask=m)
+        tl.store(out_ptr + obase + 7 * HW, (i1 * i2).to(ACC), mask=m)
+        tl.store(out_ptr + obase + 8 * HW, (i2 * i2).to(ACC), mask=m)
         o = 9
     for c in range(0, C):
-        v = tl.load(p_ptr + pbase + c * psc, mask=m, other=0.0).to(ACC)
-        tl.store(out_ptr + obase + (o + c) * HW, v, mask=m)
+        v = widen(tl.load(p_ptr + pbase + c * psc, mask=m, other=0.0), ACC)
+        tl.store(out_ptr + obase + (o + c) * HW, v.to(ACC), mask=m)
         q = obase + (o + C + c * G) * HW
-        tl.store(out_ptr + q, i0 * v, mask=m)
+        tl.store(out_ptr + q, (i0 * v).to(ACC), mask=m)
         if G == 3:
-            tl.store(out_ptr + q + HW, i1 * v, mask=m)
-            tl.store(out_ptr + q + 2 * HW, i2 * v, mask=m)
+            tl.store(out_ptr + q + HW, (i1 * v).to(ACC), mask=m)
+            tl.store(out_ptr + q + 2 * HW, (i2 * v).to(ACC), mask=m)
+
+
+@triton.jit
+def _variance(v):
+    """A diagonal entry of ``Sigma`` rounded below zero is zero (NaN stays NaN)."""
+    return tl.where(v < 0.0, 0.0, v)
 
 
 @triton.jit
@@ -96,73 +137,80 @@ def _coef_kernel(m_ptr, out_ptr, eps_ptr, NPIX, C, HW, G: tl.constexpr, ACC: tl.
     K = G + G * (G + 1) // 2 + C + G * C
     mb = b * K * HW + pix
     ob = b * (G + 1) * C * HW + pix
-    eps = tl.load(eps_ptr).to(ACC)  # a tensor argument: a Python float would arrive as float32
-    mu0 = tl.load(m_ptr + mb, mask=m, other=0.0)
+    eps = tl.load(eps_ptr)  # float64 tensor argument: a Python float would arrive as float32
+    mu0 = widen(tl.load(m_ptr + mb, mask=m, other=0.0), ACC)
     if G == 1:
-        var = tl.load(m_ptr + mb + HW, mask=m, other=1.0) - mu0 * mu0
-        inv = 1.0 / (var + eps)
+        var = widen(tl.load(m_ptr + mb + HW, mask=m, other=0.0), ACC) - mu0 * mu0
+        inv = tl.where(var <= 0.0, 0.0, 1.0 / (var + eps))  # no measurable variance: a = 0 (NaN stays)
         for c in range(0, C):
-            pm = tl.load(m_ptr + mb + (2 + c) * HW, mask=m, other=0.0)
-            ip = tl.load(m_ptr + mb + (2 + C + c) * HW, mask=m, other=0.0)
+            pm = widen(tl.load(m_ptr + mb + (2 + c) * HW, mask=m, other=0.0), ACC)
+            ip = widen(tl.load(m_ptr + mb + (2 + C + c) * HW, mask=m, other=0.0), ACC)
             a = (ip - mu0 * pm) * inv
-            tl.store(out_ptr + ob + (2 * c) * HW, a, mask=m)
-            tl.store(out_ptr + ob + (2 * c + 1) * HW, pm - a * mu0, mask=m)
+            tl.store(out_ptr + ob + (2 * c) * HW, a.to(ACC), mask=m)
+            tl.store(out_ptr + ob + (2 * c + 1) * HW, (pm - a * mu0).to(ACC), mask=m)
     else:
-        mu1 = tl.load(m_ptr + mb + HW, mask=m, other=0.0)
-        mu2 = tl.load(m_ptr + mb + 2 * HW, mask=m, other=0.0)
-        s00 = tl.load(m_ptr + mb + 3 * HW, mask=m, other=1.0) - mu0 * mu0 + eps
-        s01 = tl.load(m_ptr + mb + 4 * HW, mask=m, other=0.0) - mu0 * mu1
-        s02 = tl.load(m_ptr + mb + 5 * HW, mask=m, other=0.0) - mu0 * mu2
-        s11 = tl.load(m_ptr + mb + 6 * HW, mask=m, other=1.0) - mu1 * mu1 + eps
-        s12 = tl.load(m_ptr + mb + 7 * HW, mask=m, other=0.0) - mu1 * mu2
-        s22 = tl.load(m_ptr + mb + 8 * HW, mask=m, other=1.0) - mu2 * mu2 + eps
-        # adjugate of the symmetric matrix Sigma + eps Id, then its determinant
+        mu1 = widen(tl.load(m_ptr + mb + HW, mask=m, other=0.0), ACC)
+        mu2 = widen(tl.load(m_ptr + mb + 2 * HW, mask=m, other=0.0), ACC)
+        v00 = _variance(widen(tl.load(m_ptr + mb + 3 * HW, mask=m, other=0.0), ACC) - mu0 * mu0)
+        t01 = widen(tl.load(m_ptr + mb + 4 * HW, mask=m, other=0.0), ACC) - mu0 * mu1
+        t02 = widen(tl.load(m_ptr + mb + 5 * HW, mask=m, other=0.0), ACC) - mu0 * mu2
+        v11 = _variance(widen(tl.load(m_ptr + mb + 6 * HW, mask=m, other=0.0), ACC) - mu1 * mu1)
+        t12 = widen(tl.load(m_ptr + mb + 7 * HW, mask=m, other=0.0), ACC) - mu1 * mu2
+        v22 = _variance(widen(tl.load(m_ptr + mb + 8 * HW, mask=m, other=0.0), ACC) - mu2 * mu2)
+        # Sigma + eps Id scaled by 1 / trace (entries <= 1 in magnitude): its adjugate and
+        # determinant cannot overflow for a huge eps or guide
+        tr = v00 + v11 + v22 + 3.0 * eps
+        itr = 1.0 / tr
+        s00, s01, s02 = (v00 + eps) * itr, t01 * itr, t02 * itr
+        s11, s12, s22 = (v11 + eps) * itr, t12 * itr, (v22 + eps) * itr
+        # adjugate of the symmetric matrix, then its determinant
         c00 = s11 * s22 - s12 * s12
         c01 = s02 * s12 - s01 * s22
         c02 = s01 * s12 - s02 * s11
         c11 = s00 * s22 - s02 * s02
         c12 = s01 * s02 - s00 * s12
         c22 = s00 * s11 - s01 * s01
-        idet = 1.0 / (s00 * c00 + s01 * c01 + s02 * c02)
+        idet = itr / (s00 * c00 + s01 * c01 + s02 * c02)
+        flat = v00 + v11 + v22 <= 0.0  # no measurable variance: a = 0 (NaN stays)
         for c in range(0, C):
-            pm = tl.load(m_ptr + mb + (9 + c) * HW, mask=m, other=0.0)
+            pm = widen(tl.load(m_ptr + mb + (9 + c) * HW, mask=m, other=0.0), ACC)
             q = mb + (9 + C + 3 * c) * HW
-            v0 = tl.load(m_ptr + q, mask=m, other=0.0) - mu0 * pm
-            v1 = tl.load(m_ptr + q + HW, mask=m, other=0.0) - mu1 * pm
-            v2 = tl.load(m_ptr + q + 2 * HW, mask=m, other=0.0) - mu2 * pm
-            a0 = (c00 * v0 + c01 * v1 + c02 * v2) * idet
-            a1 = (c01 * v0 + c11 * v1 + c12 * v2) * idet
-            a2 = (c02 * v0 + c12 * v1 + c22 * v2) * idet
+            w0 = widen(tl.load(m_ptr + q, mask=m, other=0.0), ACC) - mu0 * pm
+            w1 = widen(tl.load(m_ptr + q + HW, mask=m, other=0.0), ACC) - mu1 * pm
+            w2 = widen(tl.load(m_ptr + q + 2 * HW, mask=m, other=0.0), ACC) - mu2 * pm
+            a0 = tl.where(flat, 0.0, (c00 * w0 + c01 * w1 + c02 * w2) * idet)
+            a1 = tl.where(flat, 0.0, (c01 * w0 + c11 * w1 + c12 * w2) * idet)
+            a2 = tl.where(flat, 0.0, (c02 * w0 + c12 * w1 + c22 * w2) * idet)
             o = ob + (4 * c) * HW
-            tl.store(out_ptr + o, a0, mask=m)
-            tl.store(out_ptr + o + HW, a1, mask=m)
-            tl.store(out_ptr + o + 2 * HW, a2, mask=m)
-            tl.store(out_ptr + o + 3 * HW, pm - a0 * mu0 - a1 * mu1 - a2 * mu2, mask=m)
+            tl.store(out_ptr + o, a0.to(ACC), mask=m)
+            tl.store(out_ptr + o + HW, a1.to(ACC), mask=m)
+            tl.store(out_ptr + o + 2 * HW, a2.to(ACC), mask=m)
+            tl.store(out_ptr + o + 3 * HW, (pm - a0 * mu0 - a1 * mu1 - a2 * mu2).to(ACC), mask=m)
 
 
 @triton.jit
-def _apply_kernel(ab_ptr, g_ptr, out_ptr, NPIX, C, HW, W, gsb, gsc, gsh, gsw, osb, osc, osh, osw,
+def _apply_kernel(ab_ptr, out_ptr, osb, osc, osh, osw, g_ptr, shift_ptr, NPIX, C, HW, W, gsb, gsc, gsh, gsw,
                   G: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
-    HW, gsc, osc = tl.cast(HW, tl.int64), tl.cast(gsc, tl.int64), tl.cast(osc, tl.int64)
-    t, m, b, pix, y, x = _pixels(NPIX, HW, W, BLOCK)
-    gbase = b * gsb + y * gsh + x * gsw
-    obase = b * osb + y * osh + x * osw
+    m, b, pix, y, x, HW, i0, i1, i2 = _centred_guide(g_ptr, shift_ptr, NPIX, HW, W, gsb, gsc, gsh, gsw, G, ACC, BLOCK)
     ab = b * (G + 1) * C * HW + pix
-    i0 = tl.load(g_ptr + gbase, mask=m, other=0.0).to(ACC)
-    if G == 3:
-        i1 = tl.load(g_ptr + gbase + gsc, mask=m, other=0.0).to(ACC)
-        i2 = tl.load(g_ptr + gbase + 2 * gsc, mask=m, other=0.0).to(ACC)
+    obase, osc = _offset(b, y, x, osb, osc, osh, osw)
     for c in range(0, C):
         o = ab + ((G + 1) * c) * HW
-        q = tl.load(ab_ptr + o, mask=m, other=0.0) * i0 + tl.load(ab_ptr + o + G * HW, mask=m, other=0.0)
+        q = widen(tl.load(ab_ptr + o, mask=m, other=0.0), ACC) * i0
+        q += widen(tl.load(ab_ptr + o + G * HW, mask=m, other=0.0), ACC)
         if G == 3:
-            q += tl.load(ab_ptr + o + HW, mask=m, other=0.0) * i1
-            q += tl.load(ab_ptr + o + 2 * HW, mask=m, other=0.0) * i2
-        tl.store(out_ptr + obase + c * osc, q.to(out_ptr.dtype.element_ty), mask=m)
+            q += widen(tl.load(ab_ptr + o + HW, mask=m, other=0.0), ACC) * i1
+            q += widen(tl.load(ab_ptr + o + 2 * HW, mask=m, other=0.0), ACC) * i2
+        tl.store(out_ptr + obase + c * osc, narrow(q, ACC, out_ptr.dtype.element_ty), mask=m)
 
 
 def _acc(dtype: torch.dtype) -> tuple[torch.dtype, tl.dtype]:
     return (torch.float64, tl.float64) if dtype == torch.float64 else (torch.float32, tl.float32)
+
+
+def guide_means(guide: Tensor) -> Tensor:
+    """The mean of every image and channel of ``guide``, float64 ``[B, G]`` (contiguous)."""
+    return (guide.sum((2, 3), dtype=torch.float64) / (guide.shape[2] * guide.shape[3])).contiguous()
 
 
 def _box_mean(x: Tensor, r: int, border: str) -> Tensor:
@@ -175,8 +223,9 @@ def _box_mean(x: Tensor, r: int, border: str) -> Tensor:
 
 
 @on_input_device
-def coefficient_means(guide: Tensor, src: Tensor, radius: int, eps: float, border: str) -> Tensor:
-    """``mean(a_c)`` (G values) then ``mean(b_c)`` for every channel c: ``[B, (G+1) C, H, W]``."""
+def coefficient_means(guide: Tensor, src: Tensor, radius: int, eps: float, border: str, shift: Tensor) -> Tensor:
+    """``mean(a_c)`` (G values) then ``mean(b_c)`` for every channel c: ``[B, (G+1) C, H, W]``,
+    for the guide centred by ``shift`` (:func:`guide_means`): ``b`` is that of ``I - shift``."""
     B, G, H, W = guide.shape
     C = src.shape[1]
     acc, ACC = _acc(src.dtype)
@@ -184,40 +233,45 @@ def coefficient_means(guide: Tensor, src: Tensor, radius: int, eps: float, borde
     npix = B * H * W
     grid = flat_grid(npix, _BLOCK)
     prods = torch.empty((B, K, H, W), dtype=acc, device=src.device)
-    _products_kernel[grid](guide, src, prods, npix, C, H * W, W, *guide.stride(), *src.stride(),
+    _products_kernel[grid](src, *src.stride(), prods, guide, shift, npix, C, H * W, W, *guide.stride(),
                            G=G, ACC=ACC, BLOCK=_BLOCK)
     means = _box_mean(prods, radius, border)
     coef = torch.empty((B, (G + 1) * C, H, W), dtype=acc, device=src.device)
-    eps_t = device_scalar(eps, acc, src.device)
+    eps_t = device_scalar(eps, torch.float64, src.device)
     _coef_kernel[grid](means, coef, eps_t, npix, C, H * W, G=G, ACC=ACC, BLOCK=_BLOCK)
     return _box_mean(coef, radius, border)
 
 
 @on_input_device
-def apply(coef_means: Tensor, guide: Tensor, out_dtype: torch.dtype) -> Tensor:
-    """``q_c = mean(a_c)^T I + mean(b_c)`` (``coef_means`` contiguous ``[B, (G+1) C, H, W]``)."""
+def apply(coef_means: Tensor, guide: Tensor, shift: Tensor, out_dtype: torch.dtype) -> Tensor:
+    """``q_c = mean(a_c)^T (I - shift) + mean(b_c)`` (``coef_means`` contiguous ``[B, (G+1) C, H, W]``
+    from :func:`coefficient_means` with the same ``shift``)."""
     B, G, H, W = guide.shape
     C = coef_means.shape[1] // (G + 1)
     _, ACC = _acc(coef_means.dtype)
     out = torch.empty((B, C, H, W), dtype=out_dtype, device=guide.device)
     npix = B * H * W
-    _apply_kernel[flat_grid(npix, _BLOCK)](coef_means, guide, out, npix, C, H * W, W, *guide.stride(),
-                                                *out.stride(), G=G, ACC=ACC, BLOCK=_BLOCK)
+    _apply_kernel[flat_grid(npix, _BLOCK)](coef_means, out, *out.stride(), guide, shift, npix, C, H * W, W,
+                                           *guide.stride(), G=G, ACC=ACC, BLOCK=_BLOCK)
     return out
 
 
 @on_input_device
 def forward(guide: Tensor, src: Tensor, radius: int, eps: float, subsample: int, border: str) -> Tensor:
     if subsample == 1:
-        return apply(coefficient_means(guide, src, radius, eps, border), guide, src.dtype)
+        shift = guide_means(guide)
+        return apply(coefficient_means(guide, src, radius, eps, border, shift), guide, shift, src.dtype)
     acc, _ = _acc(src.dtype)
     H, W = guide.shape[-2:]
     size = ref.low_res_size(H, W, subsample)
-    gs = F.interpolate(guide.to(acc), size=size, mode="bilinear", align_corners=False)
+    # resized in the accumulator dtype after centring (a large offset would round there)
+    guide = (guide.double() - guide_means(guide)[:, :, None, None]).to(acc)
+    gs = F.interpolate(guide, size=size, mode="bilinear", align_corners=False)
     ps = F.interpolate(src.to(acc), size=size, mode="bilinear", align_corners=False)
-    coef = coefficient_means(gs, ps, ref.low_res_radius(radius, subsample), eps, border)
+    shift = guide_means(gs)
+    coef = coefficient_means(gs, ps, ref.low_res_radius(radius, subsample), eps, border, shift)
     coef = F.interpolate(coef, size=(H, W), mode="bilinear", align_corners=False).contiguous()
-    return apply(coef, guide, src.dtype)
+    return apply(coef, guide, shift, src.dtype)
 
 
 @on_input_device

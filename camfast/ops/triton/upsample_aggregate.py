@@ -54,11 +54,28 @@ from camfast.ops.triton._launch import batch_blocks, batch_blocks_grid, flat_gri
 _MAX, _MEAN, _SUM = UA_REDUCES["max"], UA_REDUCES["mean"], UA_REDUCES["sum"]
 _MINMAX = UA_NORMALIZES["minmax"]
 
+#: Launch options of every kernel that interpolates: no fused multiply-add (Triton contracts
+#: ``a * b + c`` by default), so each product and sum is rounded on its own and the values,
+#: and the winner of reduce="max", are bit-identical to the reference's
+#: (``camfast/ops/reference/upsample_aggregate.py``, ``upsample``) and the native kernels'.
+_EXACT = {"enable_fp_fusion": False}
+
+
+@triton.jit
+def _div(a, b):
+    """``a / b`` rounded to nearest, as the reference and the native kernels divide (Triton's
+    float32 ``/`` need not be on a GPU)."""
+    if a.dtype == tl.float32:
+        q = tl.math.div_rn(a, b)
+    else:
+        q = a / b
+    return q
+
 
 @triton.jit
 def _tap(d, n_in, n_out, ACC: tl.constexpr):
     """torch's compute_source_index_and_lambda (align_corners=False): i0, i1, l0, l1."""
-    scale = tl.cast(n_in, ACC) / tl.cast(n_out, ACC)
+    scale = _div(tl.cast(n_in, ACC), tl.cast(n_out, ACC))
     src = scale * (d.to(ACC) + 0.5) - 0.5
     src = tl.maximum(src, 0.0)
     i0 = tl.minimum(src.to(tl.int64), n_in - 1)  # truncation is floor: src >= 0
@@ -77,7 +94,7 @@ def _normalize(v, stats_ptr, bl, NORM: tl.constexpr, EPS: tl.constexpr):
         mn = tl.load(stats_ptr + bl * 2)
         mx = tl.load(stats_ptr + bl * 2 + 1)
         rng = mx - mn
-        v = tl.where(rng == 0, 0.0, (v - mn) / (rng + EPS))  # a constant map gives 0; NaN propagates
+        v = tl.where(rng == 0, 0.0, _div(v - mn, rng + EPS))  # a constant map gives 0; NaN propagates
     return v
 
 
@@ -384,7 +401,7 @@ def forward(maps: Sequence[Tensor], size: tuple[int, int], reduce: str, normaliz
     block = _block(H * W, first.device)
     _ua_fwd_kernel[batch_blocks_grid(B, H * W, block)](
         *_layer_args(maps), *_weights(weights, L), stats, out, H, W,
-        L=L, REDUCE=UA_REDUCES[reduce], NORM=norm, EPS=UA_EPS, ACC=_acc(first), BLOCK=block,
+        L=L, REDUCE=UA_REDUCES[reduce], NORM=norm, EPS=UA_EPS, ACC=_acc(first), BLOCK=block, **_EXACT,
     )
     return out
 
@@ -400,7 +417,7 @@ def _gather_dn(grad_out: Tensor, maps: Sequence[Tensor], stats: Tensor, gn: Tens
         win = torch.empty((B, H, W), dtype=torch.int8, device=first.device)
         block = _block(H * W, first.device)
         _ua_winner_kernel[batch_blocks_grid(B, H * W, block)](
-            *_layer_args(maps), stats, win, H, W, L=L, NORM=norm, EPS=UA_EPS, ACC=acc, BLOCK=block,
+            *_layer_args(maps), stats, win, H, W, L=L, NORM=norm, EPS=UA_EPS, ACC=acc, BLOCK=block, **_EXACT,
         )
     whi, wlo = _weights(weights, L)
     t = torch.empty((B * H * max(m.shape[2] for m in maps),), dtype=_acc_torch(first), device=first.device)
@@ -409,10 +426,11 @@ def _gather_dn(grad_out: Tensor, maps: Sequence[Tensor], stats: Tensor, gn: Tens
         n = B * H * w
         block = _block(n, first.device)
         _ua_bwd_cols_kernel[flat_grid(n, block)](grad_out, win, t, i, whi[i], wlo[i], n, W, w, _span(w, W),
-                                                 L=L, REDUCE=reduce, ACC=acc, BLOCK=block)
+                                                 L=L, REDUCE=reduce, ACC=acc, BLOCK=block, **_EXACT)
         n = B * h * w
         block = _block(n, first.device)
-        _ua_bwd_rows_kernel[flat_grid(n, block)](t, gn[offs[i]:], n, H, h, w, _span(h, H), ACC=acc, BLOCK=block)
+        _ua_bwd_rows_kernel[flat_grid(n, block)](t, gn[offs[i]:], n, H, h, w, _span(h, H), ACC=acc, BLOCK=block,
+                                                 **_EXACT)
 
 
 @on_input_device
@@ -442,7 +460,7 @@ def backward(grad_out: Tensor, maps: Sequence[Tensor], reduce: str, normalize: s
         block = _block(H * W, first.device)
         _ua_bwd_scatter_kernel[batch_blocks_grid(B, H * W, block)](
             *_layer_args(maps), *_weights(weights, L), tuple(offs), stats, grad_out, gn, H, W,
-            L=L, REDUCE=UA_REDUCES[reduce], NORM=norm, EPS=UA_EPS, ACC=acc, BLOCK=block,
+            L=L, REDUCE=UA_REDUCES[reduce], NORM=norm, EPS=UA_EPS, ACC=acc, BLOCK=block, **_EXACT,
         )
     grads = [torch.empty_like(m) for m in maps]
     for i, (m, g) in enumerate(zip(maps, grads)):
