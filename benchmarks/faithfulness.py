@@ -105,7 +105,7 @@ def speed(args: argparse.Namespace) -> dict[str, Any]:
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    size, batch = (32, 1) if args.quick else (args.size, args.batch)
+    size, batch = (64, 1) if args.quick else (args.size, args.batch)
     steps = 5 if args.quick else args.steps
     percentiles = (30, 70) if args.quick else FM.PERCENTILES
     repeat = 1 if args.quick else args.repeat
@@ -241,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--quick", action="store_true", help="a smoke run: 1 photo at 32 px, 5 steps, ROAD at 30 and 70 %%, "
+    p.add_argument("--quick", action="store_true", help="a smoke run: 1 photo at 64 px, 5 steps, ROAD at 30 and 70 %%, "
                    "one repeat")
     p.add_argument("--no-write", action="store_true")
     args = p.parse_args(argv)

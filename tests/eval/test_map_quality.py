@@ -136,7 +136,7 @@ def test_speed_mode_smoke(tmp_path):
         sys.path.pop(0)
     import argparse
 
-    args = argparse.Namespace(device="cpu", threads=None, quick=True, size=32, batch=1, steps=5, repeat=1,
+    args = argparse.Namespace(device="cpu", threads=None, quick=True, size=64, batch=1, steps=5, repeat=1,
                               batch_size=8)
     data = bench.speed(args)
     assert {v["target"] for v in data["verdicts"]} == set(bench.TARGETS)
