@@ -555,14 +555,15 @@ G, C, W = 3, 2, 4
 K = G + G * (G + 1) // 2 + C + G * C
 guide = torch.rand(1, G, 1, W, generator=gen)
 src = torch.rand(1, C, 1, W, generator=gen)
-eps = torch.full((1,), 0.1)
+eps = torch.full((1,), 0.1, dtype=torch.float64)
+shift = gf.guide_means(guide)
 def chain(hw, buf):
     prods, coef = buf("p", K * hw), buf("c", (G + 1) * C * hw)
-    gf._products_kernel[(1,)](guide, src, prods, W, C, hw, W, *guide.stride(), *src.stride(),
+    gf._products_kernel[(1,)](src, *src.stride(), prods, guide, shift, W, C, hw, W, *guide.stride(),
                               G=G, ACC=tl.float32, BLOCK=W)
     gf._coef_kernel[(1,)](prods, coef, eps, W, C, hw, G=G, ACC=tl.float32, BLOCK=W)
     out = torch.empty(1, C, 1, W)
-    gf._apply_kernel[(1,)](coef, guide, out, W, C, hw, W, *guide.stride(), *out.stride(),
+    gf._apply_kernel[(1,)](coef, out, *out.stride(), guide, shift, W, C, hw, W, *guide.stride(),
                            G=G, ACC=tl.float32, BLOCK=W)
     pick = lambda t, n: t.as_strided((n, W), (hw, 1)).clone()
     return pick(prods, K), pick(coef, (G + 1) * C), out
