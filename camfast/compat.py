@@ -31,7 +31,8 @@ its ReLU; EigenCAM and EigenGradCAM are projections already and ignore it, as in
 pytorch-grad-cam. ``aug_smooth=True`` is pytorch-grad-cam's test-time augmentation (its
 ``ttach`` transforms, written here in torch): the mean over ``{identity, horizontal flip} x
 {0.9, 1, 1.1}`` (the input multiplied; :data:`AUG_SMOOTH_TRANSFORMS`, pytorch-grad-cam
-1.5.7's default) of the maps of the transformed inputs, each flipped back.
+1.5.7's default) of the maps of the transformed inputs, each flipped back; ``outputs`` is
+then the last transform's model output, as in pytorch-grad-cam.
 
 ``ZoomCAM`` is that pipeline with Zoom-CAM's per-layer map (``ReLU(sum_c G_c * A_c)``, the
 same map as HiResCAM's), so its results equal ``HiResCAM``'s. Zoom-CAM as published fuses
@@ -49,7 +50,6 @@ Differences from pytorch-grad-cam, all deliberate:
   ``len(targets)`` images). :class:`ClassifierOutputTarget` is provided here, and
   pytorch-grad-cam's own targets work unchanged, including ones on outputs that are not
   ``(B, num_classes)`` (segmentation targets).
-* With ``aug_smooth=True``, ``outputs`` is the last transform's output, as in pytorch-grad-cam.
 * ``ScoreCAM`` scores the masked images in batches of camfast's default size (sized to the
   memory) unless the instance has a ``batch_size`` attribute (pytorch-grad-cam reads the
   same attribute, default 16), with no progress bar.

@@ -21,12 +21,17 @@ def gradcampp_terms(activation: Tensor, gradient: Tensor) -> Tensor:
         w_c   = sum_hw ReLU(G) * alpha
 
     ``(B, C, h, w) -> (B, C, h, w)``; the map is ``ReLU(sum_c T_c)`` (:func:`gradcampp_weights`).
+    The weights are computed in float64: the denominator cancels where ``(sum A) G`` nears
+    ``-2`` (activations that are not non-negative, e.g. a linear bottleneck's), which turns
+    float32 rounding of the sums into visible differences of the map.
     """
-    g2 = gradient * gradient
-    alpha = g2 / (2 * g2 + activation.sum(dim=(2, 3), keepdim=True) * (g2 * gradient) + EPS)
-    alpha = torch.where(gradient != 0, alpha, torch.zeros_like(alpha))
-    w = (gradient.clamp_min(0) * alpha).sum(dim=(2, 3), keepdim=True)
-    return w * activation
+    a = activation.double()
+    g = gradient.double()
+    g2 = g * g
+    alpha = g2 / (2 * g2 + a.sum(dim=(2, 3), keepdim=True) * (g2 * g) + EPS)
+    alpha = torch.where(g != 0, alpha, torch.zeros_like(alpha))
+    w = (g.clamp_min(0) * alpha).sum(dim=(2, 3), keepdim=True)
+    return (w * a).to(activation.dtype)
 
 
 def gradcampp_weights(activation: Tensor, gradient: Tensor) -> Tensor:

@@ -258,7 +258,7 @@ def test_bad_library_arguments(tmp_path):
     with pytest.raises(ValueError, match="dataset"):
         wsol.run_dataset("coco", tmp_path, "m:f", tmp_path)
     with pytest.raises(ValueError, match="method"):
-        wsol.compute_maps("score-cam", torch.nn.Identity(), torch.rand(1, 3, 8, 8), torch.zeros(1, dtype=torch.long))
+        wsol.compute_maps("no-such-cam", torch.nn.Identity(), torch.rand(1, 3, 8, 8), torch.zeros(1, dtype=torch.long))
     with pytest.raises(SystemExit):
         cli_main(["eval", "--dataset", "coco"])
 
@@ -298,7 +298,7 @@ def test_synthetic_rows_are_the_papers_design_checked_against_the_registry():
     assert {r.method for r in rows} == set(registry.names())  # every method is on the table
     assert len({r.name for r in rows}) == len(rows)
     with pytest.raises(ValueError, match="unknown method"):
-        wsol.Row("Score-CAM", "gap", "score-cam")
+        wsol.Row("No-such-CAM", "gap", "no-such-cam")
     with pytest.raises(ValueError, match="model"):
         wsol.Row("CAM", "vgg", "cam")
     assert wsol.Row("Zoom", "gap", "Zoom_CAM").method == "zoom-cam"  # kept canonical

@@ -47,7 +47,9 @@ CASES = [("resnet18", ["layer4[-1]", "layer4[-2]"]), ("vgg11", ["features[-1]"])
 
 
 # ------------------------------------------------------------------------------ test_run_all_models.py
-@pytest.mark.parametrize("cam_method", METHODS)
+# Score-CAM with their batch_size of 4: 256 forwards per call on resnet18, 10-20 s each here (slow).
+@pytest.mark.parametrize("cam_method", [pytest.param(m, marks=pytest.mark.slow) if m == "ScoreCAM" else m
+                                        for m in METHODS])
 @pytest.mark.parametrize("eigen_smooth", [True, False])
 @pytest.mark.parametrize("target_category", [None, 100])
 @pytest.mark.parametrize("batch_size, width, height", [(2, 32, 32), (1, 32, 40)])
