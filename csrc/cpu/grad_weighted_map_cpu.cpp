@@ -138,13 +138,24 @@ template <bool Bwd, typename A> inline Sums3<A> pass2_terms(A g, A s) {
   return t;
 }
 
-template <GwmMode M, typename A> inline ChannelConsts<A> finish(const Sums3<A>& p1, const Sums3<A>& p2, A inv_hw) {
-  if constexpr (M == GwmMode::GradCAM) return {p1.s0 * inv_hw, p1.s2 * inv_hw, A(0), A(0)};
-  if constexpr (M == GwmMode::XGradCAM) {
-    const A den = p1.s0 + static_cast<A>(kGwmXGradCamEps);
-    return {p1.s1 / den, p1.s2 / den, A(0), A(0)};
+// The type the channel sums of mode M accumulate in: double for XGrad-CAM, which divides by S,
+// and Grad-CAM++, which multiplies G^3 by it: where S cancels (a channel of mixed signs) its
+// rounding error is amplified, and float sums fall behind torch's cascade sums
+// (tests/methods/test_registry.py); Grad-CAM's mean keeps the accumulator type.
+template <GwmMode M, typename A> using SumOf = std::conditional_t<M == GwmMode::GradCAM, A, double>;
+
+template <GwmMode M, typename A, typename Sum = SumOf<M, A>>
+inline ChannelConsts<A> finish(const Sums3<Sum>& p1, const Sums3<Sum>& p2, int64_t HW) {
+  if constexpr (M == GwmMode::GradCAM) {
+    const Sum inv = Sum(1) / static_cast<Sum>(HW);
+    return {static_cast<A>(p1.s0 * inv), static_cast<A>(p1.s2 * inv), A(0), A(0)};
+  } else if constexpr (M == GwmMode::XGradCAM) {
+    const Sum den = p1.s0 + kGwmXGradCamEps;
+    return {static_cast<A>(p1.s1 / den), static_cast<A>(p1.s2 / den), A(0), A(0)};
+  } else {
+    (void)HW;
+    return {static_cast<A>(p2.s0), static_cast<A>(-(p1.s2 * p2.s1)), static_cast<A>(p1.s2), static_cast<A>(p1.s0)};
   }
-  return {p2.s0, -(p1.s2 * p2.s1), p1.s2, p1.s0};
 }
 
 template <typename A> inline void store_consts(A* ws, int64_t BC, int64_t bc, const ChannelConsts<A>& k) {
@@ -160,28 +171,28 @@ template <typename A> inline ChannelConsts<A> load_consts(const A* ws, int64_t B
 // The channel sums run over blocks of kSumBlock pixels, then add the block sums: the rounding
 // error grows with the block length and the number of blocks, not with the plane's size (the
 // backward's T = sum gm A cancels, and Grad-CAM++ and XGrad-CAM multiply dG by it).
-constexpr int64_t kSumBlock = 256;
+constexpr int64_t kSumBlock = 32;
 
-template <typename A> inline void add_to(Sums3<A>& total, A x0, A x1, A x2) {
+template <typename Sum> inline void add_to(Sums3<Sum>& total, Sum x0, Sum x1, Sum x2) {
   total.s0 += x0, total.s1 += x1, total.s2 += x2;
 }
 
 // sum over the n pixels i of one plane, at offsets o = i * ps, of f(i, o) -> Sums3 (vectorised
 // when ps == 1).
-template <typename A, typename F> inline Sums3<A> plane_sums(int64_t n, int64_t ps, F f) {
-  Sums3<A> total;
+template <typename Sum, typename F> inline Sums3<Sum> plane_sums(int64_t n, int64_t ps, F f) {
+  Sums3<Sum> total;
   for (int64_t i0 = 0; i0 < n; i0 += kSumBlock) {
     const int64_t i1 = std::min(n, i0 + kSumBlock);
-    A x0 = 0, x1 = 0, x2 = 0;
+    Sum x0 = 0, x1 = 0, x2 = 0;
     if (ps == 1) {
 #pragma omp simd reduction(+ : x0, x1, x2)
       for (int64_t i = i0; i < i1; ++i) {
-        const Sums3<A> t = f(i, i);
+        const auto t = f(i, i);
         x0 += t.s0, x1 += t.s1, x2 += t.s2;
       }
     } else {
       for (int64_t i = i0; i < i1; ++i) {
-        const Sums3<A> t = f(i, i * ps);
+        const auto t = f(i, i * ps);
         x0 += t.s0, x1 += t.s1, x2 += t.s2;
       }
     }
@@ -213,14 +224,21 @@ template <typename T, typename A> inline A masked_grad(const T* gout, const T* o
 template <typename T, GwmMode M, bool Bwd>
 ChannelConsts<Acc<T>> plane_consts(const T* ap, const T* gp, const T* go, const T* ov, int64_t n, int64_t ps) {
   using A = Acc<T>;
-  const Sums3<A> p1 = plane_sums<A>(n, ps, [&](int64_t i, int64_t o) {
+  using Sum = SumOf<M, A>;
+  // Grad-CAM++ reads the G plane only after the A plane: ask for it now, so that both stream
+  // from memory at once, as in XGrad-CAM's single pass (1.35x faster on a 51 MB input here).
+  if constexpr (M == GwmMode::GradCAMpp)
+    for (int64_t i = 0; i < n; i += 64 / int64_t(sizeof(T))) __builtin_prefetch(gp + i * ps);
+  const Sums3<Sum> p1 = plane_sums<Sum>(n, ps, [&](int64_t i, int64_t o) {
     return pass1_terms<M, Bwd, A>([&] { return widen<A>(ap[o]); }, [&] { return widen<A>(gp[o]); },
                                   [&] { return masked_grad<T, A>(go, ov, i); });
   });
-  Sums3<A> p2;
-  if constexpr (M == GwmMode::GradCAMpp)
-    p2 = plane_sums<A>(n, ps, [&](int64_t, int64_t o) { return pass2_terms<Bwd>(widen<A>(gp[o]), p1.s0); });
-  return finish<M>(p1, p2, A(1) / static_cast<A>(n));
+  Sums3<Sum> p2;
+  if constexpr (M == GwmMode::GradCAMpp) {
+    const A sa = static_cast<A>(p1.s0);
+    p2 = plane_sums<Sum>(n, ps, [&](int64_t, int64_t o) { return pass2_terms<Bwd>(widen<A>(gp[o]), sa); });
+  }
+  return finish<M, A>(p1, p2, n);
 }
 
 // The same by blocks of channels (any strides: channels-last and other pixel-major layouts):
@@ -231,16 +249,16 @@ void block_consts(const GwmProblem& p, const T* a, const T* g, const T* out, con
   constexpr int64_t kCB = 64;
   const int64_t B = p.B, C = p.C, H = p.H, W = p.W, HW = H * W, nblk = (C + kCB - 1) / kCB;
   const int64_t sca = p.a.sc, scg = p.g.sc;
-  const A inv = A(1) / static_cast<A>(HW);
 #pragma omp parallel for schedule(static)
   for (int64_t t = 0; t < B * nblk; ++t) {
     const int64_t b = t / nblk, c0 = (t % nblk) * kCB, n = std::min(C, c0 + kCB) - c0;
-    Sums3<A> s1[kCB], s2[kCB];
+    using Sum = SumOf<M, A>;
+    Sums3<Sum> s1[kCB], s2[kCB];
     // one pass: per block of kSumBlock pixels, x[k][c] += term(q, c) over its pixels, then the
     // block's sums into tot[c]
-    const auto pass = [&](Sums3<A>* tot, auto term) {
+    const auto pass = [&](Sums3<Sum>* tot, auto term) {
       for (int64_t q0 = 0; q0 < HW; q0 += kSumBlock) {
-        A x[3][kCB] = {};
+        Sum x[3][kCB] = {};
         for (int64_t q = q0; q < std::min(HW, q0 + kSumBlock); ++q)
           for (int64_t c = 0; c < n; ++c) {
             const Sums3<A> v = term(q, c);
@@ -257,9 +275,9 @@ void block_consts(const GwmProblem& p, const T* a, const T* g, const T* out, con
     });
     if constexpr (M == GwmMode::GradCAMpp)
       pass(s2, [&](int64_t q, int64_t c) {
-        return pass2_terms<Bwd>(widen<A>(g[p.g.at(b, c0, q / W, q % W) + c * scg]), s1[c].s0);
+        return pass2_terms<Bwd>(widen<A>(g[p.g.at(b, c0, q / W, q % W) + c * scg]), static_cast<A>(s1[c].s0));
       });
-    for (int64_t c = 0; c < n; ++c) store_consts(ws, B * C, b * C + c0 + c, finish<M>(s1[c], s2[c], inv));
+    for (int64_t c = 0; c < n; ++c) store_consts(ws, B * C, b * C + c0 + c, finish<M, A>(s1[c], s2[c], HW));
   }
 }
 

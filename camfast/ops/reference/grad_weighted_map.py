@@ -45,21 +45,20 @@ def _unknown(mode: str) -> ValueError:
     return ValueError(f"mode must be one of {', '.join(map(repr, GWM_MODES))}; got {mode!r}")
 
 
-def gradcampp_terms(activation: Tensor, gradient: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Grad-CAM++'s per-pixel terms ``(a, D, S)``: ``a = G^2 / D`` (0 where ``G == 0``) with
-    ``D = 2 G^2 + S G^3 + 1e-6`` and ``S = sum_hw A`` ``(B, C, 1, 1)``, in the accumulator dtype."""
-    a = activation.to(_acc_dtype(activation))
-    g = gradient.to(_acc_dtype(gradient))
+def gradcampp_terms(a: Tensor, g: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Grad-CAM++'s per-pixel terms ``(a, D, S)`` of ``A = a``, ``G = g`` (in the accumulator
+    dtype): ``a = G^2 / D`` (0 where ``G == 0``) with ``D = 2 G^2 + S G^3 + 1e-6`` and
+    ``S = sum_hw A`` ``(B, C, 1, 1)``."""
     s = a.sum(dim=_HW, keepdim=True)
     g2 = g * g
     d = 2 * g2 + s * (g2 * g) + GWM_GRADCAMPP_EPS
     return torch.where(g != 0, g2 / d, 0.0), d, s
 
 
-def channel_weights(activation: Tensor, gradient: Tensor, mode: str) -> Tensor:
-    """The weight ``f`` of ``M = ReLU(sum_c f * A_c)``, broadcastable to ``[B, C, H, W]``:
-    ``G``, ``ReLU(G)`` or a per-channel ``w_c`` ``[B, C, 1, 1]``, in the accumulator dtype."""
-    g = gradient.to(_acc_dtype(gradient))
+def _weights(a: Tensor, g: Tensor, mode: str) -> Tensor:
+    # a, g already in the accumulator dtype: each input is converted once, so autograd of
+    # forward() rounds each input's gradient once (a half-precision input converted on every
+    # use would get one rounded gradient per use, summed in half precision).
     if mode == "zoom":
         return g
     if mode == "layercam":
@@ -67,18 +66,23 @@ def channel_weights(activation: Tensor, gradient: Tensor, mode: str) -> Tensor:
     if mode == "gradcam":
         return g.mean(dim=_HW, keepdim=True)
     if mode == "gradcampp":
-        alpha, _, _ = gradcampp_terms(activation, gradient)
+        alpha, _, _ = gradcampp_terms(a, g)
         return (g.relu() * alpha).sum(dim=_HW, keepdim=True)
     if mode == "xgradcam":
-        a = activation.to(_acc_dtype(activation))
         return (g * a).sum(dim=_HW, keepdim=True) / (a.sum(dim=_HW, keepdim=True) + GWM_XGRADCAM_EPS)
     raise _unknown(mode)
+
+
+def channel_weights(activation: Tensor, gradient: Tensor, mode: str) -> Tensor:
+    """The weight ``f`` of ``M = ReLU(sum_c f * A_c)``, broadcastable to ``[B, C, H, W]``:
+    ``G``, ``ReLU(G)`` or a per-channel ``w_c`` ``[B, C, 1, 1]``, in the accumulator dtype."""
+    return _weights(activation.to(_acc_dtype(activation)), gradient.to(_acc_dtype(gradient)), mode)
 
 
 def forward(activation: Tensor, gradient: Tensor, mode: str) -> Tensor:
     """``[B,C,H,W], [B,C,H,W] -> [B,H,W]`` in the input dtype."""
     a = activation.to(_acc_dtype(activation))
-    s = (channel_weights(activation, gradient, mode) * a).sum(dim=1)
+    s = (_weights(a, gradient.to(_acc_dtype(gradient)), mode) * a).sum(dim=1)
     return s.relu().to(activation.dtype)
 
 
@@ -100,13 +104,13 @@ def backward(grad_out: Tensor, activation: Tensor, gradient: Tensor, out: Tensor
         return grad_a, grad_g
     if mode not in ("gradcam", "gradcampp", "xgradcam"):
         raise _unknown(mode)
-    w = channel_weights(activation, gradient, mode)
+    w = _weights(a, g, mode)
     t = (gm * a).sum(dim=_HW, keepdim=True)
     if mode == "gradcam":
         grad_a.copy_(gm * w)
         grad_g.copy_((t / (a.shape[2] * a.shape[3])).expand_as(g))
     elif mode == "gradcampp":
-        alpha, d, _ = gradcampp_terms(activation, gradient)
+        alpha, d, _ = gradcampp_terms(a, g)
         r = g.relu() * alpha
         grad_a.copy_(gm * w - t * (r * r).sum(dim=_HW, keepdim=True))
         grad_g.copy_(t * torch.where(g > 0, alpha * (2 * g * g + 3 * GWM_GRADCAMPP_EPS) / d, 0.0))
