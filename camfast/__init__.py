@@ -37,6 +37,7 @@ _LAZY_ATTRS = {
     "boxes_from_cam": "camfast.localization", "normalize": "camfast.localization",
     "multiscale_cam": "camfast.puzzle", "multiscale": "camfast.methods.multiscale",
     "MultiScaleResult": "camfast.methods.multiscale",
+    "BoxScoreTarget": "camfast.methods.detection", "MaskTarget": "camfast.methods.targets",
 }
 # Submodules reachable as attributes (``camfast.metrics``) and their homes.
 _LAZY_MODULES = {

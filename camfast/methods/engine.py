@@ -52,7 +52,7 @@ from torch import Tensor, nn
 from camfast.methods.detection import is_detections
 from camfast.methods.layers import resolve_layers
 from camfast.methods.state import cam_mode, input_for, unwrap
-from camfast.methods.targets import ClassSets, Target, class_names_of, score_plan
+from camfast.methods.targets import ClassSets, Target, class_names_of, class_sets, is_multi_target, score_plan, target_score
 from camfast.methods.tokens import ModelHints, SpatialLayout, infer_layout, model_hints
 from camfast.nn import ThresholdedAvgPool2d
 from camfast.ops import grad_weighted_map, upsample_aggregate

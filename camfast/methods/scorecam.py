@@ -25,6 +25,7 @@ from camfast.methods.engine import assemble_cam, check_input, layer_activations,
 from camfast.methods.gradcam import check_layer_choice
 from camfast.methods.layers import default_layer, resolve_layers
 from camfast.methods.registry import register
+from camfast.methods.state import cam_mode, input_for
 from camfast.methods.targets import ClassSets
 
 __all__ = ["channel_scores", "default_batch_size", "score_cam", "scorecam_map"]
@@ -247,11 +248,13 @@ def score_cam(model, x, target=None, layer=None, output_size=None, *, batch_size
     if scores.rounds == 0:  # no image has a class: nothing to score
         maps = [a.new_zeros((0, *a.shape[:1], *a.shape[2:]), dtype=torch.float32) for a in acts]
         return assemble_cam([name for name, _ in chosen], maps, logits, idx, size, "max", return_layers)
-    with torch.inference_mode(False), torch.no_grad():
-        xin = x.detach().clone() if x.is_inference() else x.detach()
-        zero_scores, per_image = _zero_image_scores(model, xin, scores)
+    # the masked forwards run as the CAM forward does: unwrapped, in eval mode (a training-mode
+    # model's BatchNorm statistics stay as they are), in the model's dtype
+    with cam_mode(model) as net, torch.inference_mode(False), torch.no_grad():
+        xin = input_for(net, x.detach().clone() if x.is_inference() else x.detach())
+        zero_scores, per_image = _zero_image_scores(net, xin, scores)
         batch = batch_size or default_batch_size(x.device, per_image)
-        maps = [scorecam_map(a, channel_scores(model, xin, a, scores, zero_scores, batch, max_channels), eigen_smooth)
+        maps = [scorecam_map(a, channel_scores(net, xin, a, scores, zero_scores, batch, max_channels), eigen_smooth)
                 for a in acts]
     if not isinstance(idx, ClassSets):
         maps = [m[0] for m in maps]
