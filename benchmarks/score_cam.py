@@ -142,6 +142,22 @@ def real_model_errors(size: int) -> dict:
     return out
 
 
+
+def _timed_rounds(calls: dict, repeat: int, device: torch.device, progress: bool = False) -> dict[str, list[float]]:
+    """Seconds per call: every call once per round (alternating, so drifting load hits all
+    alike), ``repeat`` rounds, each call timed to its completion on ``device``."""
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for r in range(repeat):
+        for name, fn in calls.items():
+            harness.synchronize(device)
+            t0 = time.perf_counter()
+            fn()
+            harness.synchronize(device)
+            times[name].append(time.perf_counter() - t0)
+        if progress:
+            print(f"round {r + 1}/{repeat} done", file=sys.stderr, flush=True)
+    return times
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--batch", type=int, default=4)
@@ -165,29 +181,14 @@ def main(argv: list[str] | None = None) -> int:
     harness.synchronize(device)
     diffs = check(outputs, x)
     del outputs
-    times: dict[str, list[float]] = {name: [] for name in calls}
-    for r in range(args.repeat):
-        for name, fn in calls.items():
-            harness.synchronize(device)
-            t0 = time.perf_counter()
-            fn()
-            harness.synchronize(device)
-            times[name].append(time.perf_counter() - t0)
-        print(f"round {r + 1}/{args.repeat} done", file=sys.stderr, flush=True)
+    times = _timed_rounds(calls, args.repeat, device, progress=True)
     limit_name = min((n for n in times if n.startswith("forwards bs=")), key=lambda n: statistics.median(times[n]))
     best = int(limit_name.split("=")[1])
     times["limit"] = times[limit_name]
     # camfast at the sweep's best batch size, timed in rounds of its own next to the limit
     extra = {"camfast score_cam bs=best": providers(model, x, [best], best)["camfast score_cam bs=best"],
              limit_name: calls[limit_name]}
-    paired: dict[str, list[float]] = {n: [] for n in extra}
-    for _ in range(args.repeat):
-        for name, fn in extra.items():
-            harness.synchronize(device)
-            t0 = time.perf_counter()
-            fn()
-            harness.synchronize(device)
-            paired[name].append(time.perf_counter() - t0)
+    paired = _timed_rounds(extra, args.repeat, device)
     times["camfast score_cam bs=best"] = paired["camfast score_cam bs=best"]
 
     def median_ms(name: str) -> float:
