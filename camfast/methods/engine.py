@@ -224,6 +224,7 @@ class _LayerTap:
         self.map: Tensor | None = None
         self.reach: Tensor | None = None  # max |G| over the patch positions of the last backward
         self.reach_all: Tensor | None = None  # max |G| over the whole output
+        self.drops_positions = False  # the layout drops non-patch tokens (set with the layout)
         self.spatial: tuple[int, int] | None = None
         self.keep_activation = False  # several backwards (one per round of classes) reuse it
 
@@ -240,6 +241,7 @@ class _LayerTap:
                             "(for a module returning a dict or tuple, hook one of its submodules)")
         self.layout = infer_layout(self.name, self.module, tuple(output.shape), self.image, self.hints,
                                    self.reshape_transform)
+        self.drops_positions = self.layout.kind not in ("nchw", "nhwc")
         self.activation = output
         self.version = output._version
         feat = self._features(output.detach())
@@ -272,10 +274,12 @@ class _LayerTap:
         a, g = self._features(act), self._features(grad)
         if g.dtype != a.dtype:
             g = g.to(a.dtype)
-        self.reach = torch.linalg.vector_norm(g.detach(), float("inf"))
-        # the whole output's gradient too when the layout drops part of it (non-patch tokens)
-        self.reach_all = self.reach if self.layout.kind in ("nchw", "nhwc") else \
-            torch.linalg.vector_norm(grad.detach(), float("inf"))
+        if self.drops_positions:
+            # Only a layout that drops part of the output (non-patch tokens) can hide the
+            # gradient from the map: max |G| over the patch positions and over the whole output.
+            # A (B, C, h, w) layout keeps every position, so no extra pass over G is made.
+            self.reach = torch.linalg.vector_norm(g.detach(), float("inf"))
+            self.reach_all = torch.linalg.vector_norm(grad.detach(), float("inf"))
         with torch.set_grad_enabled(self.create_graph):
             self.map = self.rule(a, g)
         if not self.keep_activation:
@@ -345,8 +349,8 @@ def gradient_layer_maps(
                 for name, module in layers]
         handles = []
         rounds: list[list[Tensor]] = [[] for _ in taps]
-        reach: list[list[Tensor | None]] = [[] for _ in taps]
-        reach_all: list[list[Tensor | None]] = [[] for _ in taps]
+        reach: list[list[Tensor | bool | None]] = [[] for _ in taps]
+        reach_all: list[list[Tensor | bool | None]] = [[] for _ in taps]
         try:
             for tap, (_, module) in zip(taps, layers):
                 handles.append(module.register_forward_hook(tap.forward_hook))
@@ -387,8 +391,8 @@ def gradient_layer_maps(
                             got_all.append(None)
                         else:
                             kept.append(tap.map)
-                            got.append(tap.reach)
-                            got_all.append(tap.reach_all)
+                            got.append(tap.reach if tap.drops_positions else True)
+                            got_all.append(tap.reach_all if tap.drops_positions else True)
                         tap.map = tap.reach = tap.reach_all = None
         finally:
             for h in handles:
@@ -400,11 +404,13 @@ def gradient_layer_maps(
             raise RuntimeError(f"layer {tap.name!r} did not run in the forward pass")
         if got and all(r is None for r in got):
             raise _no_gradient(tap.name)
-    if scores:  # one synchronisation for every layer and round: zero[l][j], zero_all[l][j]
+    checked = [i for i, tap in enumerate(taps) if tap.drops_positions]
+    if scores and checked:  # one synchronisation for every such layer and round: zero[l][j], zero_all[l][j]
         none = x.new_zeros((), dtype=torch.float32)
         zero = (torch.stack([torch.stack([none if r is None else r.float() for r in got])
-                             for got in reach + reach_all]) == 0).tolist()
-        _check_reached([t.name for t in taps], zero[:len(taps)], zero[len(taps):])
+                             for got in [reach[i] for i in checked] + [reach_all[i] for i in checked]])
+                == 0).tolist()
+        _check_reached([taps[i].name for i in checked], zero[:len(checked)], zero[len(checked):])
     maps = []
     for tap, kept in zip(taps, rounds):
         if multi:

@@ -242,12 +242,12 @@ def rcam(model: nn.Module, x: Tensor, target=None, scales: Sequence[float] = (1,
         logits1, feat1, outs1 = pooled_features(model, x, head, output_fn, cands,
                                                 keep=lambda o: o.dim() == 4 and o.shape[-2] >= min_side)
         shape_name = _stride8_layer(model, {n: tuple(o.shape[-2:]) for n, o in outs1.items()}, H)
+        shape_module = cands[shape_name]
     else:
         ((shape_name, shape_module),) = resolve_layers(model, [shape_layer], "shape_layer")
         logits1, feat1, outs1 = pooled_features(model, x, head, output_fn, {shape_name: shape_module})
     shape1 = outs1[shape_name]
     del outs1
-    shape_module = dict(model.named_modules())[shape_name]
     logits2, feat2, outs2 = pooled_features(model, x2, head, output_fn, {shape_name: shape_module})
     shape2 = outs2[shape_name]
     idx = target_indices(logits1, target, "camfast.rcam", class_names_of(model))

@@ -265,6 +265,18 @@ def test_data_parallel_is_unwrapped():
     assert list(res.layer_maps) == ["5"]
 
 
+@pytest.mark.parametrize("spec", [s for s in camfast.methods.registry.specs() if not s.missing()],
+                         ids=lambda s: s.name)
+def test_every_method_unwraps_data_parallel(spec):
+    """Every registered method (rCAM's shape layer, Puzzle-CAM's tiles, TAP's head, ...) gives
+    the wrapped model's map on a DataParallel wrapper, bit for bit."""
+    from models import resnet_like
+
+    inner = seeded(resnet_like).eval()
+    x = torch.randn(2, 3, 32, 40, generator=torch.Generator().manual_seed(4))
+    torch.testing.assert_close(spec(nn.DataParallel(inner), x), spec(inner, x), atol=0, rtol=0)
+
+
 def test_distributed_data_parallel_is_unwrapped(tmp_path):
     dist = pytest.importorskip("torch.distributed")
     if not dist.is_available() or not dist.is_gloo_available():
