@@ -46,6 +46,15 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import os  # noqa: E402
+
+# The command's process setting (camfast/_command_env.py), made before torch loads so that the
+# in-process run_pseudo_label below runs as `camfast pseudo-label` does; the limit and the
+# in-memory calls run under it too (measured: the same speed as with spinning waits).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# (imported by pytest after torch, as in the smoke test, it has no effect: the header then says nothing)
+WAIT_POLICY = os.environ["OMP_WAIT_POLICY"] if "torch" not in sys.modules else None
+
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
@@ -271,7 +280,8 @@ def header(run: Mapping[str, Any]) -> str:
         f" of the summed top-{max(c.get('classes', 0), 1)} logits to the input; limit and zoom_cam "
         f"alternate, median of {c['repeat']} rounds after {c['warmup']} warm-up",
         f"camfast pseudo-label = run_pseudo_label on {c['images']} generated 500x375 JPEGs, {c['workers']} loader "
-        f"worker(s), heatmap + label PNGs at 500x375, median of {c['pipeline_repeat']} runs (wall time)",
+        f"worker(s), heatmap + label PNGs at 500x375, median of {c['pipeline_repeat']} runs (wall time)"
+        + (f"; OMP_WAIT_POLICY={c['omp_wait_policy']} (the command's setting)" if c.get("omp_wait_policy") else ""),
         f"{info['date']}, {harness.commit_text(info['git'])}, torch {info['versions']['torch']}, "
         f"python {info['versions']['python']}, {harness.build_text(info['native'])}",
     ])
@@ -310,6 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     info["machine"]["other_busy_cores"] = load.cores()
     config = {k: getattr(args, k) for k in ("batch", "size", "repeat", "warmup", "images", "workers",
                                             "pipeline_repeat", "quick", "device", "classes")}
+    config["omp_wait_policy"] = WAIT_POLICY
     run = {"stamp": info, "config": config, **measured}
     run["targets"] = verdicts(run["rows"], args.batch, args.size, args.classes)
     if harness.busy(info["machine"]):

@@ -25,8 +25,12 @@ import importlib.util
 import sys
 from typing import Any
 
-from camfast import ops
-from camfast._ext import NativeExtensionWarning
+from camfast import _command_env
+
+_command_env.apply()  # before torch loads: the `camfast` command's OpenMP wait policy
+
+from camfast import ops  # noqa: E402
+from camfast._ext import NativeExtensionWarning  # noqa: E402
 
 __version__ = "0.1.0"
 

@@ -291,14 +291,16 @@ def test_image_name_with_a_space_is_labelled_end_to_end(tmp_path):
 def test_interrupt_exits_130_and_writes_the_summary(tmp_path):
     images = _folder(tmp_path / "in", 4)
     out = tmp_path / "out"
-    code = ("import signal, sys, os\n"  # a real SIGINT, sent to the process mid-run
+    code = ("import signal, sys, os, time\n"  # a real SIGINT, sent to the process mid-run
             # as in a terminal, even when this test runs as a background job (SIGINT ignored)
             "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
             "from camfast.utils import io\n"
             "real, n = io.atomic_write, [0]\n"
             "def write(*a, **k):\n"
             "    n[0] += 1\n"
-            "    if n[0] == 3: os.kill(os.getpid(), signal.SIGINT)\n"
+            "    if n[0] == 3:\n"  # the third image's write: Ctrl-C, then the write goes on
+            "        os.kill(os.getpid(), signal.SIGINT)\n"
+            "        time.sleep(0.5)\n"  # the main thread stops the run meanwhile: nothing after it
             "    return real(*a, **k)\n"
             "io.atomic_write = write\n"
             "from camfast.cli import main\n"
@@ -307,7 +309,8 @@ def test_interrupt_exits_130_and_writes_the_summary(tmp_path):
                          capture_output=True, text=True, timeout=120, env=ENV)
     assert res.returncode == common.EXIT_INTERRUPTED == 130, res.stderr
     s = json.loads((out / "summary.json").read_text())
-    assert s["interrupted"] is True and s["exit_code"] == 130 and 1 <= s["written"] < 4
+    # the write in progress when Ctrl-C came is finished (and counted), the rest dropped
+    assert s["interrupted"] is True and s["exit_code"] == 130 and s["written"] == 3
     assert not [p for p in out.rglob("*") if p.name.startswith(outputs.TMP_PREFIX)]
 
 

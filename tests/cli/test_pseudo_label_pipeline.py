@@ -259,3 +259,49 @@ def test_scales_and_flip_with_png_heatmaps(images, tmp_path):
     with pytest.raises(SystemExit) as e:  # argparse: exit status 2, the argument named
         cli_main(["pseudo-label", "--images", str(images), "--out", str(tmp_path / "x"), "--scales", "1,-2"])
     assert e.value.code == 2
+
+
+@pytest.mark.parametrize("deflate", ["default", "zlib"])
+@pytest.mark.parametrize("shape", [(1, 1), (1, 7), (5, 1), (2, 2), (37, 53), (375, 500)])
+def test_png16_encoder_reads_back_bit_for_bit(shape, deflate, monkeypatch):
+    """With ISA-L (when installed) and with zlib; C-ordered, Fortran-ordered and strided input."""
+    if deflate == "zlib":
+        import zlib
+
+        monkeypatch.setattr(outputs, "_deflate", zlib)
+    rng = np.random.default_rng(shape[0] * 1000 + shape[1])
+    noisy = rng.integers(0, 65536, size=shape, dtype=np.uint16)
+    noisy.flat[0], noisy.flat[-1] = 0, 65535
+    yy, xx = np.mgrid[0:shape[0], 0:shape[1]]
+    smooth = np.rint((np.sin(xx / 9.0) * np.cos(yy / 7.0) + 1) / 2 * 65535).astype(np.uint16)
+    wide = np.zeros((shape[0], 2 * shape[1]), np.uint16)
+    wide[:, ::2] = smooth
+    for values in (noisy, smooth, np.zeros(shape, np.uint16), np.full(shape, 65535, np.uint16),
+                   np.asfortranarray(noisy), wide[:, ::2]):
+        import io as _io
+
+        with Image.open(_io.BytesIO(outputs.png16_bytes(values))) as im:
+            assert im.format == "PNG" and im.size == (shape[1], shape[0]) and im.mode.startswith("I;16")
+            back = np.asarray(im)
+        assert back.dtype.itemsize == 2 and np.array_equal(back.astype(np.uint16), values)
+
+
+def test_png16_encoder_refuses_what_it_cannot_write():
+    for bad in (np.zeros((3, 4), np.uint8), np.zeros((3, 4, 1), np.uint16), np.zeros((0, 4), np.uint16)):
+        with pytest.raises(ValueError, match="values"):
+            outputs.png16_bytes(bad)
+
+
+def test_label_map_is_the_argmax_over_threshold_and_maps_with_its_tie_rule():
+    """Background first, then the classes in order; the first maximum wins (np.argmax's rule),
+    on noisy maps with exact ties against the threshold and between classes."""
+    rng = np.random.default_rng(1)
+    for k in (1, 2, 3, 5):
+        for _ in range(10):
+            m = rng.random((k, 23, 31), dtype=np.float32)
+            m[:, :4] = 0.5
+            m[0, 4:8] = m[-1, 4:8]
+            cls = [int(c) for c in rng.choice(20, k, replace=False)]
+            best = np.concatenate([np.full((1, 23, 31), 0.5, np.float32), m]).argmax(0)
+            expected = np.array([0, *[c + 1 for c in cls]])[best]
+            assert np.array_equal(label_map(m, cls, 0.5), expected)

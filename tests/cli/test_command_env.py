@@ -1,0 +1,43 @@
+"""The ``camfast`` command's process defaults (``camfast/_command_env.py``): ``OMP_WAIT_POLICY``
+is PASSIVE in the command's process unless the user set it, and never changed for a program
+that imports camfast as a library."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from camfast import _command_env
+
+PROBE = "import os, camfast\nprint(os.environ.get('OMP_WAIT_POLICY'))\n"
+
+
+@pytest.mark.parametrize(("name", "env", "expected"), [
+    ("camfast", None, "PASSIVE"),  # the console script is a Python file named camfast
+    ("camfast", "ACTIVE", "ACTIVE"),  # the user's choice is kept
+    ("my_program.py", None, "None"),  # a library user's program is left alone
+])
+def test_console_script_gets_passive_waits(tmp_path, name, env, expected):
+    script = tmp_path / name
+    script.write_text(PROBE)
+    environ = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if env is not None:
+        environ["OMP_WAIT_POLICY"] = env
+    out = subprocess.run([sys.executable, str(script)], env=environ, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == expected
+
+
+def test_which_command_lines_are_the_command():
+    py = sys.executable
+    assert _command_env.is_camfast_command([py, "-m", "camfast.cli", "list"], "-m")
+    assert _command_env.is_camfast_command([py, "-u", "-m", "camfast.cli"], "-m")
+    assert _command_env.is_camfast_command([py, "-X", "dev", "-W", "error", "-m", "camfast.cli"], "-m")
+    assert _command_env.is_camfast_command([py, "/venv/bin/camfast", "explain"], "/venv/bin/camfast")
+    assert not _command_env.is_camfast_command([py, "-m", "pytest", "tests"], "-m")
+    assert not _command_env.is_camfast_command([py, "train.py", "-m", "camfast.cli"], "train.py")
+    assert not _command_env.is_camfast_command([py, "-c", "import camfast"], "-c")
+    assert not _command_env.is_camfast_command([py], "")
