@@ -80,6 +80,7 @@ import torch
 from torch import Tensor, nn
 
 from camfast.methods import registry
+from camfast.methods.detection import is_detections
 from camfast.methods.eigencam import eigen_projection
 from camfast.methods.engine import WeightingRule, check_input, gradient_layer_maps
 from camfast.methods.layers import resolve_layers
@@ -290,6 +291,11 @@ class _Flatten:
 
     def __call__(self, out: Any) -> Tensor:
         self.shape = None
+        if is_detections(out):  # a detector's per-image dicts: each target scores its image's dict
+            if not self.has_targets:
+                raise ValueError("a detector has no top class: pass targets=[...] (one callable per image, e.g. "
+                                 "pytorch-grad-cam's FasterRCNNBoxScoreTarget)")
+            return out
         if not isinstance(out, Tensor):
             raise TypeError(
                 f"the model returned {type(out).__name__}, not a tensor; wrap the model so that it "

@@ -11,7 +11,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from camfast.methods.engine import WeightingRule, assemble_cam, check_input, layer_activations, result_size, \
+from camfast.methods.detection import is_detections
+from camfast.methods.engine import WeightingRule, detach_output, assemble_cam, check_input, layer_activations, result_size, \
     target_classes
 from camfast.methods.gradcam import check_layer_choice, single_layer_cam
 from camfast.methods.layers import default_layer, resolve_layers
@@ -79,9 +80,11 @@ def eigen_cam(model, x, target=None, layer=None, output_size=None, *, return_lay
     size = result_size(x, output_size)
     check_layer_choice(layer)
     chosen = resolve_layers(model, default_layer(model) if layer is None else layer, "layer")
-    acts, logits = layer_activations(model, x, chosen, reshape_transform, output_fn)
-    idx = target_classes(logits, target, model)
+    acts, logits = layer_activations(model, x, chosen, reshape_transform, output_fn, detections=True)
     maps = [eigen_projection(a).clamp_min(0) for a in acts]
+    if is_detections(logits):  # a detector: one map per image (it depends on no box or class)
+        return assemble_cam([name for name, _ in chosen], maps, detach_output(logits), None, size, "max", return_layers)
+    idx = target_classes(logits, target, model)
     if isinstance(idx, ClassSets):  # the same map for every class of an image
         maps = [m.expand(idx.rounds.shape[0], *m.shape) for m in maps]
     return assemble_cam([name for name, _ in chosen], maps, logits, idx, size, "max", return_layers)

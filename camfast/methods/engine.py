@@ -199,6 +199,9 @@ class WeightingRule:
         return self.function(activation, gradient)
 
 
+_REDUCED = (torch.float16, torch.bfloat16)
+
+
 class _LayerTap:
     """A forward hook that keeps one layer's output and maps it as its gradient arrives.
 
@@ -236,11 +239,12 @@ class _LayerTap:
             raise RuntimeError(
                 f"layer {self.name!r} ran more than once in one forward pass; choose layers that run once"
             )
-        if not isinstance(output, Tensor):
-            raise TypeError(f"layer {self.name!r} returned {type(output).__name__}; camfast needs a tensor output "
-                            "(for a module returning a dict or tuple, hook one of its submodules)")
-        self.layout = infer_layout(self.name, self.module, tuple(output.shape), self.image, self.hints,
-                                   self.reshape_transform)
+        if isinstance(output, Tensor):
+            self.layout = infer_layout(self.name, self.module, tuple(output.shape), self.image, self.hints,
+                                       self.reshape_transform)
+        else:
+            output = self._from_container(output)
+            self.layout = SpatialLayout("nchw")  # the transform's result, as it is
         self.drops_positions = self.layout.kind not in ("nchw", "nhwc")
         self.activation = output
         self.version = output._version
@@ -248,6 +252,25 @@ class _LayerTap:
         self.spatial = (int(feat.shape[-2]), int(feat.shape[-1]))
         if output.requires_grad:
             output.register_hook(self.gradient_hook)
+
+    def _from_container(self, output: Any) -> Tensor:
+        """A layer returning a dict, tuple or list (a detector's feature pyramid, the module
+        pytorch-grad-cam's detection tutorial hooks): for a method without gradients
+        (EigenCAM, Score-CAM), ``reshape_transform(output)`` gives its ``(B, C, h, w)`` at once
+        (e.g. every level resized to one size and concatenated). A gradient never arrives at
+        such a combination (it is not on the path to the score), so gradient methods need a
+        layer with a tensor output."""
+        kind = type(output).__name__
+        if self.rule is not None or self.reshape_transform is None:
+            why = ("gradient methods need a layer with a tensor output" if self.rule is not None else
+                   "pass reshape_transform=... that turns it into one (B, C, h, w) tensor")
+            raise TypeError(f"layer {self.name!r} returned {kind}, not a tensor: {why} (or hook one of its "
+                            "submodules, e.g. one pyramid level)")
+        t = self.reshape_transform(output)
+        if not isinstance(t, Tensor) or t.dim() != 4:
+            raise ValueError(f"reshape_transform turned the {kind} of layer {self.name!r} into "
+                             f"{tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__}, not (B, C, h, w)")
+        return t
 
     def _features(self, t: Tensor) -> Tensor:
         assert self.layout is not None
@@ -272,7 +295,12 @@ class _LayerTap:
         if not self.create_graph:
             act, grad = act.detach(), grad.detach()
         a, g = self._features(act), self._features(grad)
-        if g.dtype != a.dtype:
+        if a.dtype in _REDUCED or g.dtype in _REDUCED:
+            # float16/bfloat16 (autocast, a half model): the map is made in float32 from the
+            # model's own tensors (a transient float32 copy of this one layer's A and G), so it
+            # carries the model's rounding and none of its own (tests/methods/test_any_model.py)
+            a, g = a.float(), g.float()
+        elif g.dtype != a.dtype:
             g = g.to(a.dtype)
         if self.drops_positions:
             # Only a layout that drops part of the output (non-patch tokens) can hide the
@@ -316,7 +344,7 @@ def _check_reached(names: list[str], zero: list[list[bool]], zero_all: list[list
             raise _no_gradient(n)
 
 
-def _detached(out: Tensor | list) -> Tensor | list:
+def detach_output(out: Tensor | list) -> Tensor | list:
     if isinstance(out, Tensor):
         return out.detach()
     return [{k: (v.detach() if isinstance(v, Tensor) else v) for k, v in d.items()} for d in out]
@@ -417,7 +445,7 @@ def gradient_layer_maps(
             maps.append(torch.stack(kept) if kept else x.new_zeros((0, x.shape[0], *tap.spatial)))
         else:
             maps.append(kept[0])
-    return maps, _detached(output), plan.sets if multi else plan.targets
+    return maps, detach_output(output), plan.sets if multi else plan.targets
 
 
 def unit_scale(m: Tensor) -> Tensor:
@@ -485,12 +513,16 @@ def assemble_cam(names: Sequence[str], maps: list[Tensor], logits: Tensor, idx: 
 # ------------------------------------------------------------------------------ forward-only methods
 def layer_activations(model: nn.Module, x: Tensor, layers: list[tuple[str, nn.Module]],
                       reshape_transform: Callable[[Tensor], Tensor] | None = None,
-                      output_fn: Callable[[Any], Tensor] | None = None) -> tuple[list[Tensor], Tensor]:
+                      output_fn: Callable[[Any], Tensor] | None = None, detections: bool = False
+                      ) -> tuple[list[Tensor], Tensor | list]:
     """One forward in ``torch.no_grad``: ``(each layer's output as (B, C, h, w), logits)``.
 
     For methods that need no gradient (EigenCAM, Score-CAM). ``layers`` are ``(name, module)``
     pairs (:func:`camfast.methods.layers.resolve_layers`); each must run once and its output
-    must not be modified in place afterwards (as for :func:`gradient_layer_maps`).
+    must not be modified in place afterwards (as for :func:`gradient_layer_maps`). A layer may
+    return a dict, tuple or list when ``reshape_transform`` turns it into one tensor (a
+    detector's feature pyramid). With ``detections``, a detector's list of per-image dicts is
+    returned in place of the logits.
     """
     H, W = int(x.shape[-2]), int(x.shape[-1])
     with cam_mode(model) as net:
@@ -501,7 +533,9 @@ def layer_activations(model: nn.Module, x: Tensor, layers: list[tuple[str, nn.Mo
             for tap, (_, module) in zip(taps, layers):
                 handles.append(module.register_forward_hook(tap.forward_hook))
             with torch.inference_mode(False), torch.no_grad():
-                logits = logits_of(net(input_for(net, x.clone() if x.is_inference() else x)), output_fn)
+                out = net(input_for(net, x.clone() if x.is_inference() else x))
+                found = model_output(out, output_fn)
+                logits = found if detections and is_detections(found) else logits_of(found, None)
             acts = []
             for tap in taps:
                 if tap.calls == 0:

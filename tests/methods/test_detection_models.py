@@ -111,3 +111,61 @@ def test_grad_cam_equals_pytorch_grad_cam(model):
         reference = cam(input_tensor=x, targets=[target])[0]
     # pytorch-grad-cam's post-processing of the one layer's map: normalise, resize, normalise
     np.testing.assert_allclose(_pgc_normalise(_pgc_normalise(raw, (SIZE, SIZE))), reference, atol=1e-5, rtol=0)
+
+
+def _pyramid_as_one(features):
+    """pytorch-grad-cam's detection-tutorial reshape_transform (``fasterrcnn_reshape_transform``):
+    every pyramid level's |activation| resized bilinearly to one size and concatenated. Here
+    the size is the finest level's: at this input size RetinaNet's coarsest level is 1x1."""
+    size = next(iter(features.values())).shape[-2:]
+    return torch.cat([torch.nn.functional.interpolate(v.abs(), size, mode="bilinear") for v in features.values()], 1)
+
+
+def test_eigen_cam_of_the_whole_pyramid_equals_pytorch_grad_cams_tutorial(model):
+    """EigenCAM on ``model.backbone`` (a dict of pyramid levels) with the tutorial's transform:
+    camfast.eigen_cam's map of the layer (one per image, no target) and camfast.compat.EigenCAM
+    equal pytorch-grad-cam's EigenCAM on the same call. (camfast.eigen_cam's own result goes
+    through camfast's fusion, not pytorch-grad-cam's normalise/cv2.resize/normalise: on these
+    maps the two differ by up to 0.2% of a pixel's value, so the layer map is compared through
+    pytorch-grad-cam's post-processing, as for Grad-CAM above.)"""
+    pgc = pytorch_grad_cam()
+    from pytorch_grad_cam.utils.model_targets import FasterRCNNBoxScoreTarget
+
+    from camfast import compat
+
+    x = images(2)
+    with torch.no_grad():
+        out = model(x)
+    targets = [FasterRCNNBoxScoreTarget(labels=o["labels"].tolist(), bounding_boxes=o["boxes"].numpy()) for o in out]
+    with pgc.EigenCAM(model, [model.backbone], reshape_transform=_pyramid_as_one) as cam:
+        reference = cam(input_tensor=x, targets=targets)
+    assert np.ptp(reference, axis=(1, 2)).min() > 0.5  # not two blank maps
+    ours = camfast.eigen_cam(model, x, layer="backbone", reshape_transform=_pyramid_as_one, return_layers=True)
+    assert ours.cam.shape == (2, SIZE, SIZE) and ours.targets is None
+    assert torch.isfinite(ours.cam).all() and ours.cam.min() >= 0 and ours.cam.max() <= 1
+    # the layer's map through pytorch-grad-cam's post-processing (normalise, resize, normalise)
+    raw = ours.layer_maps["backbone"].numpy().astype(np.float32)
+    np.testing.assert_allclose(np.stack([_pgc_normalise(_pgc_normalise(r, (SIZE, SIZE))) for r in raw]), reference,
+                               atol=1e-5, rtol=0)
+    with compat.EigenCAM(model, [model.backbone], reshape_transform=_pyramid_as_one) as cam:
+        np.testing.assert_allclose(cam(x, targets), reference, atol=1e-5, rtol=0)
+
+
+def test_compat_grad_cam_on_a_detector_equals_pytorch_grad_cam(model):
+    pgc = pytorch_grad_cam()
+    from pytorch_grad_cam.utils.model_targets import FasterRCNNBoxScoreTarget
+
+    from camfast import compat
+
+    x = images(1)
+    with torch.no_grad():
+        out = model(x)
+    targets = [FasterRCNNBoxScoreTarget(labels=out[0]["labels"].tolist(), bounding_boxes=out[0]["boxes"].numpy())]
+    layers = [model.backbone.fpn.layer_blocks[0]]
+    with pgc.GradCAM(model, layers) as cam:
+        reference = cam(input_tensor=x, targets=targets)
+    assert np.ptp(reference) > 0.5
+    with compat.GradCAM(model, layers) as cam:
+        np.testing.assert_allclose(cam(x, targets), reference, atol=1e-5, rtol=0)
+        with pytest.raises(ValueError, match="targets"):
+            cam(x)  # a detector has no top class
