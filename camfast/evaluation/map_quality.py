@@ -130,7 +130,7 @@ def photo_batch(photos: Sequence[Photo], size: int) -> torch.Tensor:
     """``(N, 3, size, size)`` in [0, 1]: each photo's centre square resized (antialiased bilinear)."""
     out = []
     for ph in photos:
-        t = torch.from_numpy(np.ascontiguousarray(ph.pixels)).permute(2, 0, 1).float() / 255
+        t = torch.from_numpy(np.array(ph.pixels)).permute(2, 0, 1).float() / 255
         h, w = t.shape[-2:]
         s = min(h, w)
         t = t[:, (h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s]
