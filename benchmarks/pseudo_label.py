@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -45,8 +46,6 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import os  # noqa: E402
 
 # The command's process setting (camfast/_command_env.py), made before torch loads so that the
 # in-process run_pseudo_label below runs as `camfast pseudo-label` does; the limit and the

@@ -12,8 +12,8 @@ import torch
 from torch import Tensor
 
 from camfast.methods.detection import is_detections
-from camfast.methods.engine import WeightingRule, detach_output, assemble_cam, check_input, layer_activations, result_size, \
-    target_classes
+from camfast.methods.engine import WeightingRule, assemble_cam, check_input, detach_output, layer_activations, \
+    result_size, target_classes
 from camfast.methods.gradcam import check_layer_choice, single_layer_cam
 from camfast.methods.layers import default_layer, resolve_layers
 from camfast.methods.registry import register
@@ -82,12 +82,13 @@ def eigen_cam(model, x, target=None, layer=None, output_size=None, *, return_lay
     chosen = resolve_layers(model, default_layer(model) if layer is None else layer, "layer")
     acts, logits = layer_activations(model, x, chosen, reshape_transform, output_fn, detections=True)
     maps = [eigen_projection(a).clamp_min(0) for a in acts]
+    names = [name for name, _ in chosen]
     if is_detections(logits):  # a detector: one map per image (it depends on no box or class)
-        return assemble_cam([name for name, _ in chosen], maps, detach_output(logits), None, size, "max", return_layers)
+        return assemble_cam(names, maps, detach_output(logits), None, size, "max", return_layers)
     idx = target_classes(logits, target, model)
     if isinstance(idx, ClassSets):  # the same map for every class of an image
         maps = [m.expand(idx.rounds.shape[0], *m.shape) for m in maps]
-    return assemble_cam([name for name, _ in chosen], maps, logits, idx, size, "max", return_layers)
+    return assemble_cam(names, maps, logits, idx, size, "max", return_layers)
 
 
 def eigengradcam_weights(activation: Tensor, gradient: Tensor) -> Tensor:
