@@ -19,6 +19,7 @@ LAYERS = [  # (prefix, layer), most specific first
     ("camfast.evaluation", 2), ("camfast.metrics", 2), ("camfast.datasets", 2), ("camfast.wsol", 2),
     ("camfast.train", 2),
     ("camfast.ops", 0), ("camfast._ext", 0), ("camfast._C", 0), ("camfast.utils", 0),
+    ("camfast._command_env", 0),  # process settings read before torch loads (os and sys only)
     ("camfast", 1),  # the core: methods, nn, localization, crf, puzzle, models, compat
 ]
 

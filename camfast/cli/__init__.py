@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # subcommand -> (module, one-line help)
@@ -58,10 +59,34 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(importlib.import_module(args._module).run(args) or 0)
+        status = int(importlib.import_module(args._module).run(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        status = 130
+    return _leave(status)
+
+
+def _leave(status: int) -> int:
+    """``status``; a rank of the ``camfast`` command under torchrun ends here, at once.
+
+    Its work is done: every file is renamed into place, the summary written, the folder lock
+    released, the process group destroyed. What is left is interpreter teardown, and there a
+    Gloo backend's worker threads can still be releasing the tensors of their last work and
+    abort the process (SIGABRT, "terminate called without an active exception"; seen once on
+    the 2-core CI machine, where torchrun then reports the rank's -6 instead of its status).
+    So the rank flushes its output and exits with its status, skipping the teardown. Only the
+    command's own process does this: ``main()`` called from a program returns."""
+    from camfast import _command_env
+
+    world = os.environ.get("WORLD_SIZE", "").strip()
+    if world.isdigit() and int(world) > 1 and _command_env.is_camfast_command():
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):  # a closed pipe: nothing more can be said
+                pass
+        os._exit(status)
+    return status
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -41,3 +41,32 @@ def test_which_command_lines_are_the_command():
     assert not _command_env.is_camfast_command([py, "train.py", "-m", "camfast.cli"], "train.py")
     assert not _command_env.is_camfast_command([py, "-c", "import camfast"], "-c")
     assert not _command_env.is_camfast_command([py], "")
+
+
+LEAVE = """import atexit, sys
+from camfast.cli import _leave
+atexit.register(lambda: print("teardown"))
+print("written", end="")  # buffered: a pipe
+sys.exit(_leave(3))
+"""
+
+
+@pytest.mark.parametrize(("world", "teardown"), [("2", False), ("1", True), (None, True), ("x", True)])
+def test_a_torchrun_rank_of_the_command_exits_without_teardown(tmp_path, world, teardown):
+    """Under torchrun (WORLD_SIZE > 1) the command's process flushes its output and ends with
+    its status, skipping interpreter teardown (where Gloo's threads can abort the process)."""
+    script = tmp_path / "camfast"
+    script.write_text(LEAVE)
+    environ = {k: v for k, v in os.environ.items() if k != "WORLD_SIZE"}
+    if world is not None:
+        environ["WORLD_SIZE"] = world
+    out = subprocess.run([sys.executable, str(script)], env=environ, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 3, out.stderr
+    assert out.stdout == ("written" + ("teardown\n" if teardown else ""))
+
+
+def test_a_program_calling_main_under_torchrun_gets_the_status_back(monkeypatch):
+    from camfast.cli import _leave
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert _leave(3) == 3  # this process (pytest) is not the command: it goes on

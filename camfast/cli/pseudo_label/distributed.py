@@ -63,7 +63,14 @@ def barrier(d: Dist) -> None:
 
 
 def shutdown(d: Dist) -> None:
+    """Destroy the process group this run made. ``destroy_process_group`` only drops the
+    module's references to it: a collection runs at once so that a reference cycle does not
+    keep Gloo's backend (its worker threads and the tensors of their last work) alive until
+    interpreter teardown, where releasing them can abort the process."""
     if d.initialized_here:
+        import gc
+
         import torch.distributed as dist
 
         dist.destroy_process_group()
+        gc.collect()
