@@ -12,6 +12,15 @@ import pytest
 
 from camfast import _command_env
 
+def run_script(script, text: str, var: str, value: str | None) -> subprocess.CompletedProcess:
+    """Run ``text`` as the file ``script`` with ``var`` set to ``value`` (None: unset)."""
+    script.write_text(text)
+    environ = {k: v for k, v in os.environ.items() if k != var}
+    if value is not None:
+        environ[var] = value
+    return subprocess.run([sys.executable, str(script)], env=environ, capture_output=True, text=True, timeout=300)
+
+
 PROBE = "import os, camfast\nprint(os.environ.get('OMP_WAIT_POLICY'))\n"
 
 
@@ -21,12 +30,7 @@ PROBE = "import os, camfast\nprint(os.environ.get('OMP_WAIT_POLICY'))\n"
     ("my_program.py", None, "None"),  # a library user's program is left alone
 ])
 def test_console_script_gets_passive_waits(tmp_path, name, env, expected):
-    script = tmp_path / name
-    script.write_text(PROBE)
-    environ = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    if env is not None:
-        environ["OMP_WAIT_POLICY"] = env
-    out = subprocess.run([sys.executable, str(script)], env=environ, capture_output=True, text=True, timeout=300)
+    out = run_script(tmp_path / name, PROBE, "OMP_WAIT_POLICY", env)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == expected
 
@@ -55,12 +59,7 @@ sys.exit(_leave(3))
 def test_a_torchrun_rank_of_the_command_exits_without_teardown(tmp_path, world, teardown):
     """Under torchrun (WORLD_SIZE > 1) the command's process flushes its output and ends with
     its status, skipping interpreter teardown (where Gloo's threads can abort the process)."""
-    script = tmp_path / "camfast"
-    script.write_text(LEAVE)
-    environ = {k: v for k, v in os.environ.items() if k != "WORLD_SIZE"}
-    if world is not None:
-        environ["WORLD_SIZE"] = world
-    out = subprocess.run([sys.executable, str(script)], env=environ, capture_output=True, text=True, timeout=300)
+    out = run_script(tmp_path / "camfast", LEAVE, "WORLD_SIZE", world)
     assert out.returncode == 3, out.stderr
     assert out.stdout == ("written" + ("teardown\n" if teardown else ""))
 
