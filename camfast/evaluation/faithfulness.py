@@ -368,9 +368,6 @@ def removal_masks(maps: Tensor, percentiles: Sequence[float] = PERCENTILES, most
     return m[:, None] >= thr[:, :, None, None]
 
 
-_WEIGHTS = ((1 / 12, 1 / 6, 1 / 12), (1 / 6, 0.0, 1 / 6), (1 / 12, 1 / 6, 1 / 12))
-
-
 def _stencil(u: Tensor) -> Tensor:
     """``sum_j k_ij u_j`` over the 3x3 window inside the image with ``k = [1, 2, 1]^T [1, 2, 1]``
     (centre 4), for ``u (N, H, W)``: two separable passes of shifted in-place adds, no padded
@@ -386,8 +383,8 @@ def _stencil(u: Tensor) -> Tensor:
 
 
 def _neighbour_sum(u: Tensor) -> Tensor:
-    """``sum_j w_ij u_j`` over the 8 neighbours inside the image (``_WEIGHTS``: ``k / 12`` without
-    its centre), for ``u (N, H, W)``."""
+    """``sum_j w_ij u_j`` over the 8 neighbours inside the image (ROAD's weights: 1/6 direct,
+    1/12 diagonal, i.e. ``k / 12`` without its centre), for ``u (N, H, W)``."""
     return _stencil(u).sub_(u, alpha=4).mul_(1 / 12)
 
 
