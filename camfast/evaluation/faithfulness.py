@@ -498,9 +498,40 @@ def noisy_linear_imputation(x: Tensor, removed: Tensor, noise: float = 0.01, *,
     dtype = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
     v = x.detach().to(dtype).reshape(N * C, H, W)
     rem = removed.to(device=x.device, dtype=torch.bool)[:, None].expand(N, C, H, W).reshape(N * C, H, W)
+    # Every (image, channel) plane is its own system. On the CPU they are solved a few planes at
+    # a time (about _CPU_CHUNK_ELEMENTS pixels): the ~60 whole-plane passes of an iteration then
+    # stay in the cache instead of streaming from memory, and each group stops at its own
+    # convergence (2.3x faster on 108 planes of 224 x 224 than all at once). On a GPU one batch.
+    step = N * C if x.device.type != "cpu" else max(1, _CPU_CHUNK_ELEMENTS // (H * W))
+    parts = [_solve_planes(v[i:i + step], rem[i:i + step], tol, max_iter, multigrid)
+             for i in range(0, N * C, step)]
+    out = torch.cat([p[0] for p in parts]) if len(parts) > 1 else parts[0][0]
+    m = rem.to(dtype)
+    if noise > 0:
+        out = out + noise * torch.randn(out.shape, generator=generator, dtype=dtype, device=x.device) * m
+    out = out.reshape(N, C, H, W).to(x.dtype)
+    if return_info:
+        residual = torch.cat([p[2] for p in parts]).reshape(N, C)
+        return out, {"iterations": max(p[1] for p in parts), "residual": residual}
+    return out
+
+
+#: Pixels per group of planes solved together on the CPU (:func:`noisy_linear_imputation`):
+#: 2**19 (10 planes of 224 x 224, about 2 MiB per float32 array). Of 2**17..2**22, 2**18 and
+#: 2**19 were the fastest, on 36 images of 224 pixels (2.35 and 2.56 s; 5.8 s in one batch)
+#: and 8 of 448 (3.04 and 2.87 s; 6.5 s in one batch).
+_CPU_CHUNK_ELEMENTS = 1 << 19
+
+
+def _solve_planes(v: Tensor, rem: Tensor, tol: float, max_iter: int, multigrid: bool) -> tuple[Tensor, int, Tensor]:
+    """Noisy linear imputation without the noise for planes ``v (n, H, W)`` whose pixels
+    ``rem (n, H, W)`` are removed: ``(the imputed planes, conjugate-gradient iterations,
+    relative residuals (n,))``."""
+    dtype = v.dtype
+    H, W = v.shape[-2:]
     m = rem.to(dtype)
     known = 1 - m
-    d = _neighbour_sum(torch.ones(1, H, W, dtype=dtype, device=x.device))  # (1, H, W)
+    d = _neighbour_sum(torch.ones(1, H, W, dtype=dtype, device=v.device))  # (1, H, W)
     v_known = v * known
     b = _neighbour_sum(v_known) * m
 
@@ -536,13 +567,7 @@ def noisy_linear_imputation(x: Tensor, removed: Tensor, noise: float = 0.01, *,
         rz = rz_new
         rnorm = r.square().sum(dim=(1, 2)).sqrt()
         it += 1
-    out = v_known + u * m
-    if noise > 0:
-        out = out + noise * torch.randn(out.shape, generator=generator, dtype=dtype, device=x.device) * m
-    out = out.reshape(N, C, H, W).to(x.dtype)
-    if return_info:
-        return out, {"iterations": it, "residual": (rnorm / bnorm.clamp_min(torch.finfo(dtype).tiny)).reshape(N, C)}
-    return out
+    return v_known + u * m, it, rnorm / bnorm.clamp_min(torch.finfo(dtype).tiny)
 
 
 class ROADResult(NamedTuple):

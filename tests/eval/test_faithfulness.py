@@ -108,6 +108,26 @@ def test_imputation_solves_the_system_and_noise_touches_only_removed_pixels():
     assert 0.008 < float(diff[mask].std()) < 0.012
 
 
+@pytest.mark.parametrize("planes", [1, 2, 4])
+def test_imputation_in_groups_of_planes_equals_one_batch(planes, monkeypatch):
+    """On the CPU the planes are solved in groups (_CPU_CHUNK_ELEMENTS): any grouping, a last
+    group short of the others included (9 planes in groups of 2 or 4), solves the same systems,
+    reports every plane's residual and draws the same noise."""
+    x, maps = inputs(3, 24, 19)
+    x = x.double()
+    removed = FM.removal_masks(maps, (30,), True)[:, 0]
+    runs = []
+    for budget in (10 ** 9, planes * 24 * 19):
+        monkeypatch.setattr(FM, "_CPU_CHUNK_ELEMENTS", budget)
+        out, info = FM.noisy_linear_imputation(x, removed, noise=0.0, tol=1e-11, return_info=True)
+        noisy = FM.noisy_linear_imputation(x, removed, noise=0.01, tol=1e-11, generator=torch.Generator().manual_seed(5))
+        assert info["residual"].shape == (3, 3) and float(info["residual"].max()) <= 1e-11
+        runs.append((out, noisy))
+    torch.testing.assert_close(runs[1][0], runs[0][0], rtol=0, atol=1e-9)
+    torch.testing.assert_close(runs[1][1], runs[0][1], rtol=0, atol=1e-9)
+    assert not torch.equal(runs[1][1], runs[1][0])
+
+
 @pytest.mark.parametrize("h, w", [(24, 19), (33, 8), (5, 5)])
 def test_multigrid_preconditioner_is_symmetric_positive_definite(h, w):
     """Conjugate gradients are exact only with an SPD preconditioner: the V-cycle ``M`` satisfies
