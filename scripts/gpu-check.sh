@@ -229,7 +229,8 @@ sys.path.insert(0, "benchmarks")
 import run
 device, results, *extra = sys.argv[1:]
 failed = []
-for op in ("box_filter", "grad_weighted_map", "guided_filter", "thresholded_avg_pool2d", "upsample_aggregate"):
+for op in ("box_filter", "grad_weighted_map", "guided_filter", "neighbour_stencil", "thresholded_avg_pool2d",
+           "upsample_aggregate"):
     print(f"=== {op}", flush=True)
     providers = "native,reference" if device == "cpu" else \
         "native,triton,reference" + (",triton-gather" if op == "upsample_aggregate" else "")

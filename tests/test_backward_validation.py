@@ -54,6 +54,10 @@ def _gf(B=1, C=2, H=6, W=7, dtype=torch.float32):
     return torch.rand(B, 1, H, W, dtype=dtype), torch.rand(B, C, H, W, dtype=dtype), torch.randn(B, C, H, W, dtype=dtype)
 
 
+def _ns(shape=(2, 3, 4, 5), dtype=torch.float32):
+    return tuple(torch.randn(shape, dtype=dtype) for _ in range(4))
+
+
 def _run(code: str, timeout: float = 120, **env: str) -> subprocess.CompletedProcess:
     """``code`` in a fresh interpreter (a crash is its exit status, not the test run's)."""
     full_env = {k: v for k, v in os.environ.items() if k not in ("CAMFAST_REQUIRE_NATIVE", "CAMFAST_BACKEND")}
@@ -79,6 +83,12 @@ def _ua_call(**change):
     maps, go = _ua()
     args = dict(grad_out=go, maps=maps, reduce="max", normalize="minmax", weights=None) | change
     return lambda: ops.upsample_aggregate_backward(*args.values())
+
+
+def _ns_call(**change):
+    x, a, w, go = _ns()
+    args = dict(grad_out=go, x=x, a=a, w=w) | change
+    return lambda: ops.neighbour_stencil_backward(*args.values())
 
 
 def _gf_call(**change):
@@ -131,6 +141,25 @@ BAD_BACKWARD = [
     ("gf grad_out shape", lambda: _gf_call(grad_out=torch.randn(1, 2, 6, 6)), ValueError,
      r"grad_out has shape \(1, 2, 6, 6\) but must have shape \(1, 2, 6, 7\) for src"),
     ("gf eps", lambda: _gf_call(eps=0.0), ValueError, "eps must be a finite float > 0"),
+    # neighbour_stencil_backward: grad_out, x, a, w all [B, C, H, W], one dtype and device
+    ("ns grad_out too small", lambda: _ns_call(grad_out=torch.randn(1, 1, 1, 1)), ValueError,
+     r"grad_out has shape \(1, 1, 1, 1\) but must have shape \(2, 3, 4, 5\) for x of shape \(2, 3, 4, 5\)"),
+    ("ns grad_out rank", lambda: _ns_call(grad_out=torch.randn(2, 3, 20)), ValueError,
+     r"grad_out must have 4 dimensions"),
+    ("ns grad_out dtype", lambda: _ns_call(grad_out=torch.randn(2, 3, 4, 5, dtype=torch.float64)), TypeError,
+     "grad_out must have dtype torch.float32 for x of dtype torch.float32, got torch.float64"),
+    ("ns grad_out integer", lambda: _ns_call(grad_out=torch.ones(2, 3, 4, 5, dtype=torch.int64)), TypeError,
+     "grad_out must have a floating dtype"),
+    ("ns grad_out device", lambda: _ns_call(grad_out=torch.randn(2, 3, 4, 5, device="meta")), ValueError,
+     "grad_out is on meta"),
+    ("ns grad_out sparse", lambda: _ns_call(grad_out=torch.randn(2, 3, 4, 5).to_sparse()), TypeError,
+     "grad_out must be a dense"),
+    ("ns a shape", lambda: _ns_call(a=torch.randn(2, 3, 4, 4)), ValueError,
+     r"a has shape \(2, 3, 4, 4\) but x has \(2, 3, 4, 5\)"),
+    ("ns w dtype", lambda: _ns_call(w=torch.randn(2, 3, 4, 5, dtype=torch.float64)), TypeError,
+     "w has dtype torch.float64 but x has torch.float32"),
+    ("ns x rank", lambda: _ns_call(x=torch.randn(2, 3, 20)), ValueError, "x must have 4 dimensions"),
+    ("ns x empty", lambda: _ns_call(x=torch.randn(2, 3, 0, 5)), ValueError, "x must not be empty"),
 ]
 
 
@@ -167,6 +196,10 @@ CRASHES = {
     "thresholded_avg_pool2d": """
         x = torch.rand(64, 256, 16, 16)
         torch.ops.camfast.thresholded_avg_pool2d_backward(torch.randn(1, 1), x, torch.zeros(1, 1), torch.ones(1, 1))
+    """,
+    "neighbour_stencil": """
+        x = torch.rand(64, 256, 16, 16); a = torch.rand_like(x); w = torch.rand_like(x)
+        torch.ops.camfast.neighbour_stencil_backward(torch.randn(1, 1, 1, 1), x, a, w)
     """,
     "upsample_aggregate": """
         maps = [torch.rand(1, 4, 4), torch.rand(1, 8, 8)]
@@ -227,6 +260,9 @@ def test_native_backward_takes_grad_out_in_any_dtype_and_layout(layout):
         same(ops.thresholded_avg_pool2d_backward, go, x, tau, count)
         guide, src, go = _gf(H=7)
         same(lambda *args: ops.guided_filter_backward(*args)[1], go, guide, src, 1, 1e-2, 1, "truncate", False, True)
+        if layout == "transposed":  # its schema check takes grad_out in x's dtype only (any layout)
+            x, a, w, go = _ns(shape=(2, 3, 6, 7))
+            same(ops.neighbour_stencil_backward, go, x, a, w)
 
 
 # ------------------------------------------------ the code table

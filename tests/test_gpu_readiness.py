@@ -29,7 +29,8 @@ from camfast.ops import _backend, _dispatch, use_backend
 from camfast.ops.reference import upsample_aggregate as ref_ua
 
 ROOT = Path(__file__).resolve().parents[1]
-TRITON_OPS = ("box_filter", "grad_weighted_map", "guided_filter", "thresholded_avg_pool2d", "upsample_aggregate")
+TRITON_OPS = ("box_filter", "grad_weighted_map", "guided_filter", "neighbour_stencil", "thresholded_avg_pool2d",
+              "upsample_aggregate")
 CUDA = torch.device("cuda")
 #: Where the Triton kernels run in this session: the GPU when there is one, else the
 #: interpreter on CPU tensors (tests/conftest.py sets TRITON_INTERPRET=1 then).
@@ -121,7 +122,8 @@ def test_native_on_cuda_only_for_built_architectures(fake_gpu, capability, expec
     fake_gpu(capability=capability, archs="80,90")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        for op in ("box_filter", "grad_weighted_map", "thresholded_avg_pool2d", "upsample_aggregate"):
+        for op in ("box_filter", "grad_weighted_map", "neighbour_stencil", "thresholded_avg_pool2d",
+                   "upsample_aggregate"):
             assert _backend.resolve(CUDA, op) == expected
     fallbacks = [w for w in caught if issubclass(w.category, _backend.BackendFallbackWarning)]
     if expected == "native":
@@ -336,6 +338,8 @@ def _run_op(op: str, device: torch.device | str) -> None:
         out = camfast.ops.grad_weighted_map(r(1, 2, 5, 6), r(1, 2, 5, 6), "gradcam")
     elif op == "guided_filter":
         out = camfast.ops.guided_filter(r(1, 3, 5, 6), r(1, 2, 5, 6), 1, 0.1)
+    elif op == "neighbour_stencil":
+        out = camfast.ops.neighbour_stencil(r(1, 2, 5, 6), r(1, 2, 5, 6), r(1, 2, 5, 6), r(1, 2, 5, 6))
     elif op == "thresholded_avg_pool2d":
         out = camfast.ops.thresholded_avg_pool2d(r(1, 2, 5, 6))
     else:
@@ -421,11 +425,14 @@ def test_huge_batches_fit_the_grid(recorded_grids):
     img = torch.empty(B, 3, 64, 64, device=meta)
     tri["box_filter"].forward(img, 3)
     tri["guided_filter"].forward(img, img, 3, 0.1, 1, "truncate")
+    tri["neighbour_stencil"].forward(img, img, img, img)
+    tri["neighbour_stencil"].backward(img, img, img, img)
+    tri["neighbour_stencil"].forward(plane, plane, plane, plane)
     _assert_within_cuda_limits(recorded_grids)
     names = {name for name, _ in recorded_grids}
     assert {"grad_weighted_map._gwm_fwd_kernel", "upsample_aggregate._ua_bwd_scatter_kernel",
             "upsample_aggregate._ua_bwd_cols_kernel", "thresholded_avg_pool2d._tap_bwd_kernel",
-            "guided_filter._coef_kernel", "box_filter._cols_kernel"} <= names
+            "guided_filter._coef_kernel", "box_filter._cols_kernel", "neighbour_stencil._stencil_kernel"} <= names
 
 
 def test_grid_helpers():

@@ -13,7 +13,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "gpu-check.sh"
-OPS = ("box_filter", "grad_weighted_map", "guided_filter", "thresholded_avg_pool2d", "upsample_aggregate")
+OPS = ("box_filter", "grad_weighted_map", "guided_filter", "neighbour_stencil", "thresholded_avg_pool2d",
+       "upsample_aggregate")
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import gpu_check_summary  # noqa: E402

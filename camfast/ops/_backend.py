@@ -74,7 +74,8 @@ MIN_TRITON = (3, 2)
 
 #: Ops whose native backend has CUDA kernels. The native guided filter has none: on CUDA it
 #: runs the reference's formulas, so the default takes Triton's fused kernels there.
-NATIVE_CUDA_OPS = frozenset({"box_filter", "grad_weighted_map", "thresholded_avg_pool2d", "upsample_aggregate"})
+NATIVE_CUDA_OPS = frozenset({"box_filter", "grad_weighted_map", "neighbour_stencil", "thresholded_avg_pool2d",
+                             "upsample_aggregate"})
 
 
 class BackendFallbackWarning(UserWarning):

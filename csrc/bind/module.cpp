@@ -11,6 +11,7 @@ namespace camfast::bind {
 void register_box_filter(py::module_& m);
 void register_grad_weighted_map(py::module_& m);
 void register_guided_filter(py::module_& m);
+void register_neighbour_stencil(py::module_& m);
 void register_thresholded_avg_pool2d(py::module_& m);
 void register_upsample_aggregate(py::module_& m);
 
@@ -80,6 +81,7 @@ PYBIND11_MODULE(_C, m) {
   bind::register_box_filter(m);
   bind::register_grad_weighted_map(m);
   bind::register_guided_filter(m);
+  bind::register_neighbour_stencil(m);
   bind::register_thresholded_avg_pool2d(m);
   bind::register_upsample_aggregate(m);
 }

@@ -24,10 +24,18 @@ from helpers import assert_close, make_layout
 from hypothesis import strategies as st
 from torch import Tensor
 
-from camfast.ops import box_filter, grad_weighted_map, guided_filter, thresholded_avg_pool2d, upsample_aggregate
+from camfast.ops import (
+    box_filter,
+    grad_weighted_map,
+    guided_filter,
+    neighbour_stencil,
+    thresholded_avg_pool2d,
+    upsample_aggregate,
+)
 from camfast.ops.reference import box_filter as ref_box
 from camfast.ops.reference import grad_weighted_map as ref_gwm
 from camfast.ops.reference import guided_filter as ref_gf
+from camfast.ops.reference import neighbour_stencil as ref_ns
 from camfast.ops.reference import thresholded_avg_pool2d as ref_tap
 from camfast.ops.reference import upsample_aggregate as ref_ua
 
@@ -645,4 +653,112 @@ THRESHOLDED_AVG_POOL2D = OpSpec(
 )
 
 
-SPECS = {s.name: s for s in (GRAD_WEIGHTED_MAP, UPSAMPLE_AGGREGATE, BOX_FILTER, GUIDED_FILTER, THRESHOLDED_AVG_POOL2D)}
+# ---------------------------------------------------------------- neighbour_stencil
+#: How a case's coefficients ``a``, ``w``, ``c`` are stored: "full" (three tensors of x's shape),
+#: or stride-0 views of x's shape as callers pass constants and fields: "scalar" (one value, all
+#: strides 0), "per-image" (a [B, 1, H, W] field broadcast over the channels), "per-channel"
+#: ([1, C, 1, 1] broadcast over the batch and the plane), "shared-field" (one [1, 1, H, W]
+#: field for every sample and channel, as ROAD's neighbour count), "mixed" (a full, w scalar,
+#: c per-image).
+NS_COEFS = ("full", "scalar", "per-image", "per-channel", "shared-field", "mixed")
+NS_SHAPES = [(2, 3, 9, 11), (1, 1, 1, 1), (1, 2, 1, 7), (3, 1, 6, 1), (1, 4, 17, 5), (2, 2, 2, 2), (1, 1, 3, 3)]
+_NS_MIXED = ("full", "scalar", "per-image")
+
+
+def ns_coef(kind: str, shape, dtype, device, gen) -> Tensor:
+    """A coefficient ~ N(0, 1) of ``shape`` stored as ``kind`` (see :data:`NS_COEFS`)."""
+    B, C, H, W = shape
+    stored = {"full": shape, "scalar": (1, 1, 1, 1), "per-image": (B, 1, H, W), "per-channel": (1, C, 1, 1),
+              "shared-field": (1, 1, H, W)}[kind]
+    return _randn(stored, dtype, device, gen).expand(shape)
+
+
+def ns_inputs(shape, dtype, device, seed=0, coef="full") -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(x, a, w, c)``, each ~ N(0, 1) (drawn in float64, then cast); ``coef`` as in
+    :data:`NS_COEFS`. ``K x`` is then of order 6 (its weights' norm), the output too."""
+    gen = torch.Generator().manual_seed(seed)
+    x = _randn(shape, dtype, device, gen)
+    kinds = _NS_MIXED if coef == "mixed" else (coef,) * 3
+    return (x, *(ns_coef(kind, shape, dtype, device, gen) for kind in kinds))
+
+
+def _ns_args(case, dtype, device, seed) -> Args:
+    return ns_inputs(case["shape"], dtype, device, seed, case.get("coef", "full"))
+
+
+def _ns_random(small: bool):
+    hw = st.integers(1, 9 if small else 12)
+    return st.fixed_dictionaries({
+        "shape": st.tuples(st.integers(1, 2), st.integers(1, 3 if small else 5), hw, hw),
+        "coef": st.sampled_from(NS_COEFS),
+    })
+
+
+def _ns_good(shape=(1, 2, 3, 4), dtype=torch.float32) -> list[Tensor]:
+    return [torch.randn(shape, dtype=dtype) for _ in range(4)]
+
+
+def _ns_bad(id, change, exc, arg, match, direct=True) -> BadInput:
+    """``change(x, a, w, c)`` -> the arguments after good defaults are changed."""
+    return BadInput(id, lambda: change(*_ns_good()), exc, arg, match, direct)
+
+
+NEIGHBOUR_STENCIL = OpSpec(
+    name="neighbour_stencil", fn=neighbour_stencil, reference=ref_ns.forward, make_args=_ns_args,
+    tensor_args=(0, 1, 2, 3),
+    cases={
+        **{f"full-{_shape_id(s)}": {"shape": s, "coef": "full"} for s in NS_SHAPES},
+        **{f"{k}-{_shape_id(s)}": {"shape": s, "coef": k} for k in NS_COEFS[1:] for s in ((2, 3, 9, 11), (1, 2, 1, 7))},
+    },
+    layout_cases={"full": {"shape": (2, 5, 8, 7), "coef": "full"}},
+    layouts=tuple(LAYOUT_VARIANTS),  # four 4-D tensors: every variant applies
+    # full tensors only: gradcheck perturbs its inputs in place, which a stride-0 view cannot take
+    gradcheck_cases={
+        "full-1x2x4x5": {"shape": (1, 2, 4, 5), "seed": 3},
+        "full-1x1x1x3-row": {"shape": (1, 1, 1, 3), "seed": 4},
+        "full-2x1x3x1-column": {"shape": (2, 1, 3, 1), "seed": 5},
+        "full-1x1x1x1": {"shape": (1, 1, 1, 1), "seed": 6},
+    },
+    opcheck_cases={"full": {"shape": (2, 3, 5, 6)}, "full-one-row": {"shape": (1, 2, 1, 6)}},
+    compile_cases={"full": {"shape": (2, 3, 9, 8)}, "full-one-column": {"shape": (1, 2, 7, 1)}},
+    random_case=_ns_random,
+    backward_args=lambda args, out: (torch.randn_like(out), args[0], args[1], args[2]),
+    gradcheck_fast=lambda backend, device, case: backend == "triton" and device.type == "cpu",
+    bad_inputs=(
+        _ns_bad("x-3d", lambda x, a, w, c: (x[0], a, w, c), ValueError, "x",
+                r"x must have 4 dimensions \[B, C, H, W\]"),
+        _ns_bad("x-5d", lambda x, a, w, c: (x[None], a, w, c), ValueError, "x", r"x must have 4 dimensions"),
+        _ns_bad("a-3d", lambda x, a, w, c: (x, a[0], w, c), ValueError, "a",
+                r"a must have 4 dimensions \[B, C, H, W\]"),
+        _ns_bad("a-shape", lambda x, a, w, c: (x, torch.randn(1, 2, 3, 5), w, c), ValueError, "a",
+                r"a has shape \(1, 2, 3, 5\) but x has \(1, 2, 3, 4\); they must match"),
+        _ns_bad("c-broadcastable-shape", lambda x, a, w, c: (x, a, w, c[:, :1]), ValueError, "c",
+                r"c has shape \(1, 1, 3, 4\) but x has \(1, 2, 3, 4\)"),  # pass t.expand_as(x) instead
+        _ns_bad("w-dtype", lambda x, a, w, c: (x, a, w.double(), c), TypeError, "w",
+                "w has dtype torch.float64 but x has torch.float32; they must match"),
+        _ns_bad("a-float16", lambda x, a, w, c: (x.half(), a, w.half(), c.half()), TypeError, "a",
+                "a has dtype torch.float32 but x has torch.float16"),
+        _ns_bad("c-numpy", lambda x, a, w, c: (x, a, w, c.numpy()), TypeError, "c",
+                "c must be a torch.Tensor, got ndarray", direct=False),
+        _ns_bad("x-list", lambda x, a, w, c: (x.tolist(), a, w, c), TypeError, "x", "x must be a torch.Tensor",
+                direct=False),
+        _ns_bad("w-none", lambda x, a, w, c: (x, a, None, c), TypeError, "w", "w must be a torch.Tensor, got NoneType",
+                direct=False),
+        _ns_bad("x-long", lambda x, a, w, c: (x.long(), a, w, c), TypeError, "x", "x must have a floating dtype"),
+        _ns_bad("all-long", lambda x, a, w, c: (x.long(), a.long(), w.long(), c.long()), TypeError, "x",
+                "x must have a floating dtype"),
+        _ns_bad("c-int", lambda x, a, w, c: (x, a, w, c.int()), TypeError, "c", "c must have a floating dtype"),
+        _ns_bad("w-complex", lambda x, a, w, c: (x, a, w.to(torch.complex64), c), TypeError, "w",
+                "w must have a floating dtype"),
+        _ns_bad("x-empty", lambda x, a, w, c: (x[:, :, :0], a[:, :, :0], w[:, :, :0], c[:, :, :0]), ValueError, "x",
+                "x must not be empty"),
+        _ns_bad("c-empty", lambda x, a, w, c: (x, a, w, c[:0]), ValueError, "c", "c must not be empty"),
+        _ns_bad("a-meta", lambda x, a, w, c: (x, a.to("meta"), w, c), ValueError, "a",
+                "a is on meta but x is on cpu; they must share a device"),
+        _ns_bad("c-sparse", lambda x, a, w, c: (x, a, w, c.to_sparse()), TypeError, "c", "c must be a dense"),
+    ),
+)
+
+
+SPECS = {s.name: s for s in (GRAD_WEIGHTED_MAP, UPSAMPLE_AGGREGATE, BOX_FILTER, GUIDED_FILTER, THRESHOLDED_AVG_POOL2D,
+                              NEIGHBOUR_STENCIL)}
