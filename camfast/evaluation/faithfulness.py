@@ -58,6 +58,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from camfast.ops._dispatch import implementation
+
 __all__ = [
     "BASELINES", "METRICS", "PERCENTILES", "SCORES", "Curves", "DropIncrease", "Faithfulness", "ROADResult",
     "average_drop_increase", "baseline_image", "check_int", "check_percentiles", "class_scores", "deletion_insertion", "evaluate",
@@ -368,21 +370,33 @@ def removal_masks(maps: Tensor, percentiles: Sequence[float] = PERCENTILES, most
     return m[:, None] >= thr[:, :, None, None]
 
 
-def _stencil_op(u: Tensor, a: Tensor, w: Tensor, c: Tensor) -> Tensor:
-    """``a u + w (K u) + c`` for planes ``u (n, H, W)`` (``a``, ``w``, ``c`` broadcast to them,
-    in ``u``'s dtype), ``K`` the 3x3 window ``[1, 2, 1]^T [1, 2, 1]`` inside the image: one pass of
-    ``camfast::neighbour_stencil`` (:func:`camfast.ops.neighbour_stencil`; broadcast
-    coefficients are read through stride-0 views, never copied)."""
-    shape = u.shape
-    a, w, c = (t.expand(shape).unsqueeze(1) for t in (a, w, c))
-    return torch.ops.camfast.neighbour_stencil(u.unsqueeze(1), a, w, c).squeeze(1)
+class _Stencil:
+    """``a u + w (K u) + c`` for planes ``u (n, H, W)``, ``K`` the 3x3 window ``[1, 2, 1]^T
+    [1, 2, 1]`` inside the image: one pass of ``camfast::neighbour_stencil``
+    (:func:`camfast.ops.neighbour_stencil`). The solver makes its arguments itself, so the op's
+    backend is resolved once (honouring :func:`camfast.ops.use_backend`) and called directly:
+    the op's checks and dispatch cost about 20 us a call, a sixth of the solve at 224 pixels,
+    where the coarse levels make thousands of small calls. Coefficients are given as
+    :meth:`coef` views (``(n, 1, H, W)``; broadcast ones stride 0, never copied)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self._forward = implementation("neighbour_stencil", device).forward
+
+    @staticmethod
+    def coef(t: Tensor, shape: torch.Size) -> Tensor:
+        """``t`` broadcast to planes of ``shape`` ``(n, H, W)``, as the kernel takes it."""
+        return t.expand(shape).unsqueeze(1)
+
+    def __call__(self, u: Tensor, a: Tensor, w: Tensor, c: Tensor) -> Tensor:
+        c = c.unsqueeze(1) if c.dim() == 3 else c
+        return self._forward(u.unsqueeze(1), a, w, c).squeeze(1)
 
 
 def _neighbour_sum(u: Tensor) -> Tensor:
     """``sum_j w_ij u_j`` over the 8 neighbours inside the image (ROAD's weights: 1/6 direct,
     1/12 diagonal, i.e. ``(K - 4) / 12``), for ``u (N, H, W)``."""
-    a, w, zero = (u.new_full((), v) for v in (-1 / 3, 1 / 12, 0.0))
-    return _stencil_op(u, a, w, zero)
+    a, w, zero = (_Stencil.coef(u.new_full((), v), u.shape) for v in (-1 / 3, 1 / 12, 0.0))
+    return _Stencil(u.device)(u, a, w, zero)
 
 
 def _pyramid_fill(values: Tensor, known: Tensor) -> Tensor:
@@ -427,18 +441,21 @@ class _Multigrid:
     SPD, so conjugate gradients stay exact; it only changes how fast they converge.
 
     A sweep ``z + s (r - A z)`` (``s`` the damped inverse diagonal on the unknown pixels, 0
-    elsewhere) and the masked residual ``m (r - A z)`` are each one :func:`_stencil_op` pass,
+    elsewhere) and the masked residual ``m (r - A z)`` are each one :class:`_Stencil` pass,
     with coefficients made once per level (``A z = f (d + 1/3) z - f (K z) / 12``)."""
 
     def __init__(self, m: Tensor, d: Tensor, nu: int = 2, omega: float = 0.8, scale: float = 1.5) -> None:
         self.nu = nu
+        self.stencil = _Stencil(m.device)
+        coef = _Stencil.coef
         # per level: (mask, damped inverse diagonal s, sweep (a, w), masked residual (a, w))
         self.levels = []
         factor = 1.0
         while True:
             fdd = factor * (d + 1 / 3)
             inv = omega / (factor * d) * m
-            self.levels.append((m, inv, (1 - inv * fdd, inv * (factor / 12)), (-fdd * m, m * (factor / 12))))
+            self.levels.append((m, inv, (coef(1 - inv * fdd, m.shape), coef(inv * (factor / 12), m.shape)),
+                                (coef(-fdd * m, m.shape), coef(m * (factor / 12), m.shape))))
             if min(m.shape[-2:]) <= 4:
                 break
             m = F.max_pool2d(m[:, None], 2, ceil_mode=True)[:, 0]
@@ -451,15 +468,17 @@ class _Multigrid:
         ir = r * inv
         z = ir  # the first sweep, from z = 0
         for _ in range((4 * self.nu if coarsest else self.nu) - 1):
-            z = _stencil_op(z, sa, sw, ir)
+            z = self.stencil(z, sa, sw, ir)
         if coarsest:
             return z
         h, w = r.shape[-2:]
-        coarse = _restrict(_stencil_op(z, ra, rw, r)).mul_(self.levels[level + 1][0])
+        coarse = _restrict(self.stencil(z, ra, rw, r)).mul_(self.levels[level + 1][0])
         e = self._cycle(level + 1, coarse)
-        z = z.addcmul(e.repeat_interleave(2, -2).repeat_interleave(2, -1)[..., :h, :w], m)
+        n, hc, wc = e.shape  # prolongation: each coarse value to its 2x2 children (one copy)
+        fine = e[:, :, None, :, None].expand(n, hc, 2, wc, 2).reshape(n, 2 * hc, 2 * wc)[:, :h, :w]
+        z = z.addcmul(fine, m)
         for _ in range(self.nu):
-            z = _stencil_op(z, sa, sw, ir)
+            z = self.stencil(z, sa, sw, ir)
         return z
 
     def __call__(self, r: Tensor) -> Tensor:
@@ -502,7 +521,7 @@ def noisy_linear_imputation(x: Tensor, removed: Tensor, noise: float = 0.01, *,
     # Every (image, channel) plane is its own system. On the CPU they are solved a few planes at
     # a time (about _CPU_CHUNK_ELEMENTS pixels): the ~60 whole-plane passes of an iteration then
     # stay in the cache instead of streaming from memory, and each group stops at its own
-    # convergence (2.3x faster on 108 planes of 224 x 224 than all at once). On a GPU one batch.
+    # convergence. On a GPU one batch.
     step = N * C if x.device.type != "cpu" else max(1, _CPU_CHUNK_ELEMENTS // (H * W))
     parts = [_solve_planes(v[i:i + step], rem[i:i + step], tol, max_iter, multigrid)
              for i in range(0, N * C, step)]
@@ -518,9 +537,9 @@ def noisy_linear_imputation(x: Tensor, removed: Tensor, noise: float = 0.01, *,
 
 
 #: Pixels per group of planes solved together on the CPU (:func:`noisy_linear_imputation`):
-#: 2**19 (10 planes of 224 x 224, about 2 MiB per float32 array). Of 2**17..2**22, 2**18 and
-#: 2**19 were the fastest, on 36 images of 224 pixels (2.35 and 2.56 s; 5.8 s in one batch)
-#: and 8 of 448 (3.04 and 2.87 s; 6.5 s in one batch).
+#: 2**19 (10 planes of 224 x 224, about 2 MiB per float32 array). Of 2**16..2**22, 2**18 and
+#: 2**19 were the fastest on 36 images of 224 pixels (0.89 and 0.90 s against 1.34 s at 2**22)
+#: and 2**19 on 8 images of 448 (0.82 s against 1.33 s at 2**22).
 _CPU_CHUNK_ELEMENTS = 1 << 19
 
 
@@ -536,10 +555,11 @@ def _solve_planes(v: Tensor, rem: Tensor, tol: float, max_iter: int, multigrid: 
     v_known = v * known
     b = _neighbour_sum(v_known) * m
 
-    a_op, w_op, zero = (d + 1 / 3) * m, m * (-1 / 12), v.new_zeros(())
+    stencil = _Stencil(v.device)
+    a_op, w_op, zero = (stencil.coef(t, m.shape) for t in ((d + 1 / 3) * m, m * (-1 / 12), v.new_zeros(())))
 
     def apply(u: Tensor) -> Tensor:  # (d u - W u) on the removed pixels; u is 0 on the kept ones
-        return _stencil_op(u, a_op, w_op, zero)
+        return stencil(u, a_op, w_op, zero)
 
     def dot(a: Tensor, c: Tensor) -> Tensor:
         return (a * c).sum(dim=(1, 2))
@@ -559,14 +579,14 @@ def _solve_planes(v: Tensor, rem: Tensor, tol: float, max_iter: int, multigrid: 
         ap = apply(p)
         pap = dot(p, ap)
         alpha = torch.where(pap > 0, rz / pap.clamp_min(torch.finfo(dtype).tiny), torch.zeros_like(rz)) * active
-        u = u.addcmul(p, alpha[:, None, None])
-        r = r.addcmul(ap, alpha[:, None, None], value=-1)
+        u.addcmul_(p, alpha[:, None, None])
+        r.addcmul_(ap, alpha[:, None, None], value=-1)
         z = precondition(r)
         rz_new = dot(r, z)
         beta = torch.where(rz > 0, rz_new / rz.clamp_min(torch.finfo(dtype).tiny), torch.zeros_like(rz))
         p = z.addcmul(p, beta[:, None, None])
         rz = rz_new
-        rnorm = r.square().sum(dim=(1, 2)).sqrt()
+        rnorm = dot(r, r).sqrt()
         it += 1
     return v_known + u * m, it, rnorm / bnorm.clamp_min(torch.finfo(dtype).tiny)
 

@@ -1,6 +1,6 @@
 // CPU kernel for camfast::neighbour_stencil, neighbour_stencil.h.
 //
-// OpenMP over the B*C*H output rows. A row reads up to three rows of x (the window's) and one
+// OpenMP over the B*C*H output rows (stencil_row, with AVX2 clones on x86-64). A row reads up to three rows of x (the window's) and one
 // row of each coefficient; a row that is not a contiguous run of the accumulator type (a
 // 16-bit dtype, a strided or stride-0 view) is first converted into a thread-local buffer, so
 // the arithmetic is always over contiguous arrays and vectorises: the vertical sum
@@ -35,8 +35,50 @@ inline const A* row_of(const T* base, const View4& v, int64_t b, int64_t c, int6
   return buf;
 }
 
-// HA / HC: a / c given (a null a or c is absent: its term is skipped, not multiplied by 0,
-// so an infinite x does not turn into NaN in the backward's K(w g) + a g).
+// AVX2 clones of the row arithmetic on x86-64 with GCC (chosen at load time; the default for
+// older CPUs): without them the loops are SSE2-wide, 4x slower than PyTorch's own elementwise
+// ops on rows that fit in cache (the multigrid's coarse levels). "avx2" alone adds no FMA, so
+// every clone rounds the same.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define CAMFAST_SIMD_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define CAMFAST_SIMD_CLONES
+#endif
+
+// One output row: v = (xu) + 2 x0 + (xd) (a null neighbour row is outside the image), then
+// o = (a x0 + w (K x)) + c, in this order on every backend. ar / cr null: the term is absent
+// (skipped, not multiplied by 0, so an infinite x does not turn into NaN in the backward's
+// K(w g) + a g).
+template <typename T, typename A, bool HA, bool HC>
+CAMFAST_SIMD_CLONES void stencil_row(const A* xu, const A* x0, const A* xd, const A* ar, const A* wr, const A* cr,
+                                     A* v, T* o, int64_t W) {
+  if (xu && xd) {
+#pragma omp simd
+    for (int64_t j = 0; j < W; ++j) v[j] = xu[j] + 2 * x0[j] + xd[j];
+  } else if (xu || xd) {
+    const A* xn = xu ? xu : xd;
+#pragma omp simd
+    for (int64_t j = 0; j < W; ++j) v[j] = 2 * x0[j] + xn[j];
+  } else {
+#pragma omp simd
+    for (int64_t j = 0; j < W; ++j) v[j] = 2 * x0[j];
+  }
+  auto combine = [&](int64_t j, A k) {
+    A t = wr[j] * k;
+    if constexpr (HA) t = ar[j] * x0[j] + t;
+    if constexpr (HC) t = t + cr[j];
+    return store_acc<T, A>(t);
+  };
+  if (W == 1) {
+    o[0] = combine(0, 2 * v[0]);
+    return;
+  }
+  o[0] = combine(0, 2 * v[0] + v[1]);
+#pragma omp simd
+  for (int64_t j = 1; j < W - 1; ++j) o[j] = combine(j, v[j - 1] + 2 * v[j] + v[j + 1]);
+  o[W - 1] = combine(W - 1, v[W - 2] + 2 * v[W - 1]);
+}
+
 template <typename T, bool HA, bool HC>
 void stencil_typed(const StencilProblem& p, const T* x, View4 sx, const T* a, View4 sa, const T* w, View4 sw,
                    const T* c, View4 sc, T* out) {
@@ -54,38 +96,12 @@ void stencil_typed(const StencilProblem& p, const T* x, View4 sx, const T* a, Vi
     for (int64_t r = 0; r < rows; ++r) {
       const int64_t i = r % H, bcn = r / H, ch = bcn % C, b = bcn / C;
       const A* x0 = row_of<T, A>(x, sx, b, ch, i, W, bx[1]);
-      if (H == 1) {
-#pragma omp simd
-        for (int64_t j = 0; j < W; ++j) v[j] = 2 * x0[j];
-      } else if (i == 0 || i == H - 1) {
-        const A* xn = row_of<T, A>(x, sx, b, ch, i == 0 ? 1 : H - 2, W, bx[0]);
-#pragma omp simd
-        for (int64_t j = 0; j < W; ++j) v[j] = 2 * x0[j] + xn[j];
-      } else {
-        const A* xu = row_of<T, A>(x, sx, b, ch, i - 1, W, bx[0]);
-        const A* xd = row_of<T, A>(x, sx, b, ch, i + 1, W, bx[2]);
-#pragma omp simd
-        for (int64_t j = 0; j < W; ++j) v[j] = xu[j] + 2 * x0[j] + xd[j];
-      }
+      const A* xu = i > 0 ? row_of<T, A>(x, sx, b, ch, i - 1, W, bx[0]) : nullptr;
+      const A* xd = i + 1 < H ? row_of<T, A>(x, sx, b, ch, i + 1, W, bx[2]) : nullptr;
       const A* ar = HA ? row_of<T, A>(a, sa, b, ch, i, W, ba) : nullptr;
       const A* wr = row_of<T, A>(w, sw, b, ch, i, W, bw);
       const A* cr = HC ? row_of<T, A>(c, sc, b, ch, i, W, bc) : nullptr;
-      T* o = out + r * W;
-      // (a x + w k) + c, in this order on every backend
-      auto combine = [&](int64_t j, A k) {
-        A t = wr[j] * k;
-        if constexpr (HA) t = ar[j] * x0[j] + t;
-        if constexpr (HC) t = t + cr[j];
-        return store_acc<T, A>(t);
-      };
-      if (W == 1) {
-        o[0] = combine(0, 2 * v[0]);
-        continue;
-      }
-      o[0] = combine(0, 2 * v[0] + v[1]);
-#pragma omp simd
-      for (int64_t j = 1; j < W - 1; ++j) o[j] = combine(j, v[j - 1] + 2 * v[j] + v[j + 1]);
-      o[W - 1] = combine(W - 1, v[W - 2] + 2 * v[W - 1]);
+      stencil_row<T, A, HA, HC>(xu, x0, xd, ar, wr, cr, v, out + r * W, W);
     }
   }
 }
