@@ -41,7 +41,8 @@ removed neighbours count with their own imputed values), i.e. the linear system
 in-image neighbours), then ``noise * N(0, 1)`` is added to the removed pixels. The system is
 symmetric positive definite (when any pixel is kept); pytorch-grad-cam solves it per image on
 the CPU with a sparse LU factorisation; here every (image, percentage, channel) system is
-solved at once on the device by conjugate gradients, preconditioned with one geometric
+solved at once on the device (on the CPU in cache-sized groups of planes) by conjugate
+gradients, each step one pass of ``camfast::neighbour_stencil``, preconditioned with one geometric
 multigrid V-cycle (:class:`_Multigrid`, symmetric positive definite: the solution is the same,
 only reached in tens of iterations instead of hundreds) and started from a pyramid fill (coarse
 means of the kept pixels), to a relative residual ``tol``.
@@ -58,7 +59,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from camfast.ops._dispatch import implementation
+from camfast.ops.neighbour_stencil import unchecked_kernel
 
 __all__ = [
     "BASELINES", "METRICS", "PERCENTILES", "SCORES", "Curves", "DropIncrease", "Faithfulness", "ROADResult",
@@ -380,7 +381,7 @@ class _Stencil:
     :meth:`coef` views (``(n, 1, H, W)``; broadcast ones stride 0, never copied)."""
 
     def __init__(self, device: torch.device) -> None:
-        self._forward = implementation("neighbour_stencil", device).forward
+        self._forward = unchecked_kernel(device)
 
     @staticmethod
     def coef(t: Tensor, shape: torch.Size) -> Tensor:

@@ -72,6 +72,15 @@ def _autograd_backward(ctx, grad_out: Tensor):
 _forward_op.register_autograd(_autograd_backward, setup_context=_setup_context)
 
 
+def unchecked_kernel(device: torch.device):
+    """The forward of the backend chosen now for ``device`` (``camfast.ops.use_backend``
+    honoured), called without the op's checks and ``torch.library`` dispatch: for a solver that
+    makes the arguments itself and calls the op thousands of times on small planes (ROAD's
+    multigrid), where those cost about 20 us a call. Not differentiable, not traceable by
+    ``torch.compile``; arguments as :func:`neighbour_stencil` takes them, unchecked."""
+    return implementation(_OP, device).forward
+
+
 def neighbour_stencil(x: Tensor, a: Tensor, w: Tensor, c: Tensor) -> Tensor:
     """``out = a * x + w * (K x) + c``, elementwise, with ``K`` the binomial 3 x 3 window.
 

@@ -147,6 +147,19 @@ def test_opcheck_with_stride_0_coefficients(backend, device):
     torch.library.opcheck(NEIGHBOUR_STENCIL.backward_op, (torch.randn(shape).to(device), x, coefs[0], coefs[1]))
 
 
+def test_unchecked_kernel_is_the_chosen_backends_forward(backend, device):
+    """``unchecked_kernel`` (ROAD's solver calls it thousands of times) runs the backend that
+    ``use_backend`` chose, with the op's values, stride-0 coefficients included."""
+    from camfast.ops.neighbour_stencil import unchecked_kernel
+
+    kernel = unchecked_kernel(device)
+    assert kernel.__module__ == f"camfast.ops.{backend}.neighbour_stencil"
+    x, a, w, c = ns_inputs((2, 3, 7, 9), torch.float32, device, seed=4, coef="mixed")
+    out = kernel(x, a, w, c)
+    assert out.is_contiguous()
+    assert_close(out, ref.forward(x, a, w, c), torch.float32, "unchecked kernel")
+
+
 @pytest.mark.parametrize("layout", ["channels_last", "strided", "transposed", "expanded"])
 def test_outputs_are_contiguous_as_the_fake_kernels_promise(backend, device, layout):
     """The fake kernels (what torch.compile's graph asserts) return contiguous tensors, forward
