@@ -527,9 +527,8 @@ def noisy_linear_imputation(x: Tensor, removed: Tensor, noise: float = 0.01, *,
     parts = [_solve_planes(v[i:i + step], rem[i:i + step], tol, max_iter, multigrid)
              for i in range(0, N * C, step)]
     out = torch.cat([p[0] for p in parts]) if len(parts) > 1 else parts[0][0]
-    m = rem.to(dtype)
     if noise > 0:
-        out = out + noise * torch.randn(out.shape, generator=generator, dtype=dtype, device=x.device) * m
+        out = out + noise * torch.randn(out.shape, generator=generator, dtype=dtype, device=x.device) * rem
     out = out.reshape(N, C, H, W).to(x.dtype)
     if return_info:
         residual = torch.cat([p[2] for p in parts]).reshape(N, C)

@@ -1,9 +1,10 @@
 // CPU kernel for camfast::neighbour_stencil, neighbour_stencil.h.
 //
-// OpenMP over the B*C*H output rows (stencil_row, with AVX2 clones on x86-64). A row reads up to three rows of x (the window's) and one
-// row of each coefficient; a row that is not a contiguous run of the accumulator type (a
-// 16-bit dtype, a strided or stride-0 view) is first converted into a thread-local buffer, so
-// the arithmetic is always over contiguous arrays and vectorises: the vertical sum
+// OpenMP over the B*C*H output rows (stencil_row, with AVX2 clones on x86-64). A row reads up
+// to three rows of x (the window's) and one row of each coefficient; a row that is not a
+// contiguous run of the accumulator type (a 16-bit dtype, a strided or stride-0 view) is first
+// converted into a thread-local buffer, so the arithmetic is always over contiguous arrays and
+// vectorises: the vertical sum
 // v = x[i-1] + 2 x[i] + x[i+1] (rows inside the image), then K x = v[j-1] + 2 v[j] + v[j+1]
 // and a x + w (K x) + c. Rows of x are read three times, from cache.
 #include <type_traits>
